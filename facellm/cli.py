@@ -102,7 +102,7 @@ def _verify(args: argparse.Namespace) -> None:
         _die("verify needs two images: facellm tools verify IMAGE_A IMAGE_B")
     res = FaceRecognizer().verify(args.image, args.other)
     if args.json:
-        print(res.model_dump_json(indent=2) if hasattr(res, "model_dump_json") else json.dumps(res, indent=2))
+        print(res.model_dump_json(indent=2))
     else:
         verdict = "same person" if res.same_person else "different people"
         print(f"{verdict}: distance {res.distance:.3f} (threshold {res.threshold:.3f}), similarity {res.similarity:.2f}")
@@ -112,42 +112,40 @@ def _verify(args: argparse.Namespace) -> None:
 def cmd_gallery(args: argparse.Namespace) -> None:
     from facellm.tools.gallery import Gallery
 
-    g = Gallery(args.db) if args.db else Gallery()
+    g = Gallery(args.db)
     if args.action == "enroll":
-        out = g.enroll(args.name, args.images)
-        print(json.dumps(_jsonable(out), indent=2) if args.json else f"enrolled {args.name}: {_jsonable(out)}")
+        out = g.enroll(args.name, *args.images, face_id=args.face)
+        if args.json:
+            print(out.model_dump_json(indent=2))
+        else:
+            print(f"enrolled {out.name}: {out.added} new photo(s), {out.already_enrolled} already enrolled, "
+                  f"{out.total} in all")
     elif args.action == "list":
         people = g.list()
         if args.json:
-            print(json.dumps(_jsonable(people), indent=2))
+            print(json.dumps([p.model_dump() for p in people], indent=2))
+        elif not people:
+            print(f"the gallery {g.path} is empty")
         else:
             for p in people:
-                print(_jsonable(p))
-            if not people:
-                print("the gallery is empty")
+                print(f"{p.name}\t{p.embeddings} photo(s)\tenrolled {p.created_at}")
     elif args.action == "rename":
         g.rename(args.name, args.new_name)
         print(f"renamed {args.name} to {args.new_name}")
     elif args.action == "remove":
-        g.remove(args.name)
-        print(f"removed {args.name}")
+        n = g.remove(args.name)
+        print(f"removed {args.name} ({n} photo(s))")
     elif args.action == "identify":
-        out = g.identify(args.image, top_k=args.top_k)
-        print(json.dumps(_jsonable(out), indent=2))
-
-
-def _jsonable(x):
-    if hasattr(x, "model_dump"):
-        return x.model_dump()
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if hasattr(x, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(x)
-    return x
+        results = g.identify_all(args.image, top_k=args.top_k)
+        if args.json:
+            print(json.dumps([r.model_dump() for r in results], indent=2))
+            return
+        if not results:
+            print("no face found")
+        for i, r in enumerate(results, 1):
+            best = r.matches[0] if r.matches else None
+            detail = f" (similarity {best.similarity:.2f}, distance {best.distance:.3f})" if best else ""
+            print(f"face {i}: {r.name}{detail}")
 
 
 # ---------------------------------------------------------------- parser
@@ -180,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = gs.add_parser("enroll", help="enrol a person from one or more photos (one face each)")
     e.add_argument("name")
     e.add_argument("images", nargs="+")
+    e.add_argument("--face", type=int, default=None, help="which face (id from 1) when a photo shows several")
     gs.add_parser("list", help="list enrolled people")
     r = gs.add_parser("rename")
     r.add_argument("name")

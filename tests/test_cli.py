@@ -73,3 +73,25 @@ def test_bad_input_gives_clear_error(tmp_path: Path):
 def test_no_face_is_an_empty_result_not_an_error():
     proc = run("tools", "analyze", str(photo("mask_blue")), "--json")
     assert json.loads(proc.stdout)["num_faces"] == 0
+
+
+def test_gallery_commands_round_trip(tmp_path: Path):
+    db = str(tmp_path / "g.sqlite")
+    mirrored = tmp_path / "mirrored.png"
+    Image.open(photo("astronaut")).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    assert "is empty" in run("gallery", "--db", db, "list").stdout
+    out = run("gallery", "--db", db, "enroll", "Eileen", str(photo("astronaut"))).stdout
+    assert "enrolled Eileen: 1 new photo" in out
+    assert "face 1: Eileen" in run("gallery", "--db", db, "identify", str(mirrored)).stdout
+    assert "face 1: unknown" in run("gallery", "--db", db, "identify", str(photo("grace_hopper"))).stdout
+    run("gallery", "--db", db, "rename", "Eileen", "Commander Collins")
+    people = json.loads(run("gallery", "--db", db, "--json", "list").stdout)
+    assert [p["name"] for p in people] == ["Commander Collins"]
+    bad = run("gallery", "--db", db, "enroll", "Someone", str(photo("group")), check=False)
+    assert bad.returncode == 1 and "face" in bad.stderr and "Traceback" not in bad.stderr
+    assert "removed Commander Collins" in run("gallery", "--db", db, "remove", "Commander Collins").stdout
+
+
+def test_verify_command():
+    out = run("tools", "verify", str(photo("astronaut")), str(photo("grace_hopper"))).stdout
+    assert out.startswith("different people")

@@ -32,7 +32,7 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _overlay_parse(base: Image.Image, parse: FaceParse, alpha: float = 0.45) -> Image.Image:
+def _overlay_parse(base: Image.Image, parse: FaceParse, alpha: float = 0.35) -> Image.Image:
     from .parser import decode_label_map  # local: drawing boxes alone needs no parser
 
     labels = decode_label_map(parse)
@@ -78,25 +78,31 @@ def draw_faces(
         for f in faces:
             if isinstance(f, Face) and f.parse is not None:
                 canvas = _overlay_parse(canvas, f.parse)
+    # Points go on a translucent layer so the face stays visible under 478 mesh points.
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    pd = ImageDraw.Draw(layer)
+    for f in faces:
+        if not isinstance(f, Face):
+            continue
+        if mesh and f.mesh478 is not None:
+            for p in f.mesh478.points[:468]:
+                _dot(pd, p[0], p[1], max(0.7, 0.5 * scale), (255, 255, 255, 120))
+            for p in f.mesh478.points[468:]:
+                _dot(pd, p[0], p[1], 1.5 * scale, (255, 0, 255, 230))
+        elif f.lmk68 is not None:  # the 68 points only where there is no mesh: both at once is clutter
+            for p in f.lmk68.points:
+                _dot(pd, p[0], p[1], 1.2 * scale, (255, 255, 0, 200))
+    canvas = Image.alpha_composite(canvas.convert("RGBA"), layer).convert("RGB")
     d = ImageDraw.Draw(canvas)
     font = _font(int(14 * scale))
     for i, f in enumerate(faces):
         colour = BOX_COLOURS[i % len(BOX_COLOURS)]
         b = f.box
         d.rectangle((b.x1, b.y1, b.x2, b.y2), outline=colour, width=max(2, int(2 * scale)))
-        if isinstance(f, Face):
-            if mesh and f.mesh478 is not None:
-                for p in f.mesh478.points[:468]:
-                    _dot(d, p[0], p[1], 0.8 * scale, (200, 255, 255))
-                for p in f.mesh478.points[468:]:
-                    _dot(d, p[0], p[1], 1.6 * scale, (255, 0, 255))
-            if f.lmk68 is not None:
-                for p in f.lmk68.points:
-                    _dot(d, p[0], p[1], 1.4 * scale, (255, 255, 0))
-            if f.pose is not None:
-                _draw_pose_axis(d, f, scale)
+        if isinstance(f, Face) and f.pose is not None:
+            _draw_pose_axis(d, f, scale)
         for p in f.kpts5:
-            _dot(d, p[0], p[1], 2.5 * scale, (255, 40, 40))
+            _dot(d, p[0], p[1], 2.0 * scale, (255, 40, 40))
         if labels:
             text = f"#{f.id}" if isinstance(f, Face) else f"#{i + 1}"
             if isinstance(f, Face) and f.expression is not None:

@@ -105,6 +105,10 @@ class Landmarks(_Model):
     scheme: Literal["five", "ibug68", "mesh478"]
     points: list[tuple[float, ...]]
     source: str
+    score: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="the landmark model's face-presence probability, where it gives one (mesh478: < 0.5 = no face)",
+    )
 
 
 class Estimate(_Model):

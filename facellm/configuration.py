@@ -76,7 +76,7 @@ class FaceLLMConfig(PretrainedConfig):
         identity_dim: int = 128,
         geometry_points: int = 478,
         bias_type: str = "proximity",
-        max_faces: int = 4,
+        max_faces: int = 8,
         max_region_points: int = 48,
         projector_hidden: int | None = None,
         image_token: str = "<image>",

@@ -62,7 +62,7 @@ class ProcessorSettings:
     tokens_per_face: int = 10
     use_identity_token: bool = False
     bias_type: str = "proximity"
-    max_faces: int = 4
+    max_faces: int = 8
     geometry_points: int = 478
     max_region_points: int = 48
 

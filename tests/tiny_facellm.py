@@ -19,7 +19,7 @@ from facellm.tools.photos import photo
 
 TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=64,
                 patch_size=8)
-TINY_REGION = dict(region_dim=32, region_heads=2, region_layers=1)
+TINY_REGION = dict(region_dim=32, region_heads=2, region_layers=1, max_faces=4)  # 4: the group photo (6) gets capped
 WORDS = ["hello world", "what is the capital of France? Paris.", "user assistant system", "Face left right middle",
          "a smiling woman in a space suit", "six people", "How old does face 2 look?", "Describe the image."]
 

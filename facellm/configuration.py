@@ -56,6 +56,8 @@ class FaceLLMConfig(PretrainedConfig):
     Projector: projector_hidden (None: the LM's hidden size). Training: freeze_vision, freeze_lm (the LM's
       own weights; LoRA adapters train regardless), lora (None or a dict: r, alpha, dropout, target_modules),
       load_in_4bit (QLoRA through bitsandbytes).
+    Text: chat_template "facellm" (ChatML + Hermes-style tools, facellm.toolcall.CHAT_TEMPLATE; shared with
+      data_gen's traces and the server's tool parser) or "lm" (the LM's own template).
     """
 
     model_type = "facellm"
@@ -87,6 +89,7 @@ class FaceLLMConfig(PretrainedConfig):
         freeze_lm: bool = True,
         lora: dict | None = None,
         load_in_4bit: bool = False,
+        chat_template: str = "facellm",
         **kwargs,
     ) -> None:
         from facellm.vision import VisionTowerConfig
@@ -125,6 +128,9 @@ class FaceLLMConfig(PretrainedConfig):
         self.freeze_lm = bool(freeze_lm)
         self.lora = dict(lora) if lora else None
         self.load_in_4bit = bool(load_in_4bit)
+        if chat_template not in ("facellm", "lm"):
+            raise ValueError(f"chat_template must be 'facellm' (ChatML + Hermes tool calls) or 'lm', not {chat_template!r}")
+        self.chat_template = chat_template
         kwargs.setdefault("architectures", ["FaceLLMForConditionalGeneration"])
         super().__init__(**kwargs)
 

@@ -218,7 +218,7 @@ class FaceLLMForConditionalGeneration(nn.Module):
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask.to(embeds.device),
                                 streamer=streamer, **gen, **kwargs)
 
-    def _chat_batch(self, messages, image=None, analyses=None):
+    def _chat_batch(self, messages, image=None, analyses=None, tools=None):
         if isinstance(messages, tuple):
             image, messages = messages
         if isinstance(messages, str):
@@ -227,20 +227,23 @@ class FaceLLMForConditionalGeneration(nn.Module):
             messages = [{"role": "user", "content": content}]
         elif image is not None:
             raise ValueError("pass the image inside the messages, or a (image, question) pair")
-        return self.processor(messages, analyses=analyses, add_generation_prompt=True, return_labels=False)
+        return self.processor(messages, analyses=analyses, add_generation_prompt=True, return_labels=False,
+                              tools=tools)
 
-    def chat(self, messages, image=None, *, analyses=None, **gen_kwargs) -> str:
-        """One answer: ``chat((image, "question"))``, ``chat("question", image=img)`` or ``chat(messages)``."""
-        batch = self._chat_batch(messages, image, analyses)
+    def chat(self, messages, image=None, *, analyses=None, tools=None, **gen_kwargs) -> str:
+        """One answer: ``chat((image, "question"))``, ``chat("question", image=img)`` or ``chat(messages)``.
+        ``tools``: OpenAI tool definitions offered to the model (its answer may then hold ``<tool_call>``
+        blocks: parse them with ``facellm.toolcall.parse_tool_calls``)."""
+        batch = self._chat_batch(messages, image, analyses, tools)
         out = self.generate(**batch, **gen_kwargs)
         text = self.processor.decode(out[0])
         return _cut_at_stop(text, gen_kwargs.get("stop_strings")).strip()
 
-    def stream(self, messages, image=None, *, analyses=None, **gen_kwargs) -> Iterator[str]:
+    def stream(self, messages, image=None, *, analyses=None, tools=None, **gen_kwargs) -> Iterator[str]:
         """Yield the answer in text pieces as it is generated (transformers' TextIteratorStreamer + a thread)."""
         from transformers import TextIteratorStreamer
 
-        batch = self._chat_batch(messages, image, analyses)
+        batch = self._chat_batch(messages, image, analyses, tools)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
 

@@ -65,6 +65,9 @@ class ProcessorSettings:
     max_faces: int = 8
     geometry_points: int = 478
     max_region_points: int = 48
+    # "facellm": FaceLLM's ChatML + Hermes tool-call template (facellm.toolcall.CHAT_TEMPLATE), the one the
+    # training traces, the server's tool parser and the agent share; "lm": keep the LM's own template.
+    chat_template: str = "facellm"
 
     def __post_init__(self) -> None:
         self.preprocess = PreprocessConfig(**self.preprocess).to_dict()  # JSON lists -> the config's tuples
@@ -77,7 +80,7 @@ class ProcessorSettings:
                    regions=list(config.regions), tokens_per_face=config.tokens_per_face,
                    use_identity_token=config.use_identity_token, bias_type=config.bias_type,
                    max_faces=config.max_faces, geometry_points=config.geometry_points,
-                   max_region_points=config.max_region_points)
+                   max_region_points=config.max_region_points, chat_template=config.chat_template)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -241,6 +244,12 @@ class FaceLLMProcessor:
         self.image_token_id, self.face_token_id = add_special_tokens(tokenizer, settings.image_token,
                                                                      settings.face_token)
         self._analyzer = analyzer
+        if settings.chat_template == "facellm":
+            from facellm.toolcall import CHAT_TEMPLATE
+
+            tokenizer.chat_template = CHAT_TEMPLATE
+        elif settings.chat_template != "lm":
+            raise ValueError(f"chat_template must be 'facellm' or 'lm', not {settings.chat_template!r}")
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; FaceLLM needs one to format conversations")
 
@@ -316,12 +325,14 @@ class FaceLLMProcessor:
                 text += f"\n({found} faces found; the {len(faces)} most confident are shown)"
         return text
 
-    def _template(self, messages: list[dict], generation: bool) -> str:
+    def _template(self, messages: list[dict], generation: bool, tools: list[dict] | None = None) -> str:
         if not messages:
             return ""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+        return self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                                  add_generation_prompt=generation)
 
-    def _encode(self, messages: list[dict], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
+    def _encode(self, messages: list[dict], add_generation_prompt: bool,
+                tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
         """Token ids and labels; assistant content + end-of-turn are labelled, the rest is IGNORE_INDEX."""
         tok = self.tokenizer
         ids: list[int] = []
@@ -337,8 +348,8 @@ class FaceLLMProcessor:
         for k, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            prefix = self._template(messages[:k], True)
-            full = self._template(messages[: k + 1], False)
+            prefix = self._template(messages[:k], True, tools)
+            full = self._template(messages[: k + 1], False, tools)
             if not prefix.startswith(done) or not full.startswith(prefix):
                 raise ValueError("the chat template does not render conversations prefix by prefix; "
                                  "cannot locate the assistant turns for the labels")
@@ -348,7 +359,7 @@ class FaceLLMProcessor:
             add(core, True)
             add(answer[len(core):], False)
             done = full
-        final = self._template(messages, add_generation_prompt)
+        final = self._template(messages, add_generation_prompt, tools)
         if not final.startswith(done):
             raise ValueError("the chat template does not render conversations prefix by prefix")
         add(final[len(done):], False)
@@ -358,7 +369,7 @@ class FaceLLMProcessor:
     def __call__(self, conversations, images: Sequence[Any] | None = None,
                  analyses: Sequence[FaceAnalysis | None] | None = None, *, add_generation_prompt: bool = False,
                  padding_side: str | None = None, return_labels: bool = True,
-                 max_length: int | None = None) -> FaceLLMBatch:
+                 max_length: int | None = None, tools: Sequence | None = None) -> FaceLLMBatch:
         """One conversation (a list of messages), a batch of them, or a plain question string.
 
         images: fill image parts that carry no image of their own (``{"type": "image"}``), in order.
@@ -366,6 +377,8 @@ class FaceLLMProcessor:
         padding_side: default "left" when ``add_generation_prompt`` (generation), else "right".
         max_length: refuse longer sequences (default: the tokenizer's model_max_length). Nothing is truncated:
             a cut through an image's placeholder span would break the text/image alignment.
+        tools: OpenAI-style tool definitions offered in the system turn (the chat template renders them): one
+            list for every conversation, or one list (or None) per conversation.
         """
         if isinstance(conversations, str):
             conversations = [{"role": "user", "content": conversations}]
@@ -395,10 +408,16 @@ class FaceLLMProcessor:
         # expand each image slot into its placeholder span, then tokenize with labels
         texts = iter([self._image_text(f, img.width, a.num_faces if a is not None else 0)
                       for f, img, a in zip(faces_per_image, loaded, used)])
+        if tools and isinstance(tools[0], (list, tuple)) or (tools and tools[0] is None):
+            per_conv = list(tools)
+            if len(per_conv) != len(rendered):
+                raise ValueError(f"{len(per_conv)} tool lists given for {len(rendered)} conversations")
+        else:
+            per_conv = [list(tools) if tools else None] * len(rendered)
         seqs, labs = [], []
-        for conv in rendered:
+        for conv, conv_tools in zip(rendered, per_conv):
             conv = [{**m, "content": _expand(m["content"], texts)} for m in conv]
-            ids, lab = self._encode(conv, add_generation_prompt)
+            ids, lab = self._encode(conv, add_generation_prompt, conv_tools)
             seqs.append(ids)
             labs.append(lab)
 

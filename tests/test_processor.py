@@ -39,7 +39,9 @@ def test_labels_cover_only_assistant_turns(proc):
     assert tok.decode(ids[keep]) == "a smiling woman<|im_end|>six people<|im_end|>"
     # the whole sequence is exactly the chat template's rendering of the expanded conversation
     text = tok.decode(ids)
-    assert text.startswith("<|im_start|>user\n<image>") and text.endswith("six people<|im_end|>\n")
+    # FaceLLM's template: the default system prompt first, then ChatML turns
+    assert text.startswith("<|im_start|>system\nYou are FaceLLM") and "<|im_start|>user\n<image>" in text
+    assert text.endswith("six people<|im_end|>\n")
     assert "Face 1 (middle): <face>" in text
     # spans of labelled tokens == the assistant turns: two runs
     runs = torch.diff(keep.int()).abs().sum().item()
@@ -106,7 +108,8 @@ def test_batching_padding_and_several_images(proc):
     assert (right["input_ids"][right["attention_mask"] == 0] == pad).all()
     text = proc.tokenizer.decode(left["input_ids"][1][left["attention_mask"][1] == 1])
     assert text.endswith("<|im_start|>assistant\n") and text.count("<image>") == 128
-    assert text.index("Face 1 (middle)") < text.index("and") < text.index("Face 4 (right)")
+    user = text.index("<|im_start|>user")
+    assert text.index("Face 1 (middle)") < text.index("and", user) < text.index("Face 4 (right)")
 
 
 def test_bad_inputs_fail_clearly(proc, tmp_path):
@@ -144,3 +147,29 @@ def test_processor_save_load(proc, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a.keys())
     with pytest.raises(FileNotFoundError):
         FaceLLMProcessor.from_pretrained(tmp_path / "nothing")
+
+
+def test_tools_and_tool_turns_use_the_shared_template(proc):
+    from facellm.toolcall import parse_tool_calls, render_chatml
+    from facellm.tools.registry import openai_tools
+
+    tools = openai_tools(["detect"])
+    conv = [{"role": "user", "content": [{"type": "image", "image": str(photo("astronaut"))},
+                                         {"type": "text", "text": "How many faces?"}]},
+            {"role": "assistant", "content": None,
+             "tool_calls": [{"type": "function", "function": {"name": "detect", "arguments": {"image": "image_1"}}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": '{"num_faces": 1}'},
+            {"role": "assistant", "content": "One face."}]
+    batch = proc(conv, tools=tools)
+    text = proc.tokenizer.decode(batch["input_ids"][0])
+    plain = [m if m["role"] != "user" else {"role": "user", "content": "<image>\nHow many faces?"} for m in conv]
+    expected = render_chatml(plain, tools)
+    # the same text as the shared renderer once the image's placeholder span is folded back to one <image>
+    start, end = text.index("<image>"), text.index("\nHow many faces?")
+    assert text[:start] + "<image>" + text[end:] == expected
+    assert '"name": "detect"' in text and "<tools>" in text and "<tool_response>" in text
+    assert text.count("<|im_start|>assistant") == 2 and expected.count("<|im_start|>assistant") == 2
+    labelled = proc.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100])
+    # both assistant turns are learned (the call and the answer), the tool's response is not
+    assert "<tool_call>" in labelled and "One face." in labelled and "num_faces" not in labelled
+    assert parse_tool_calls(labelled.split("<|im_end|>")[0]).tool_calls[0].name == "detect"

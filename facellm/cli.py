@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-v", "--verbose", action="store_true", help="print timings")
     a.set_defaults(func=cmd_ask)
 
+    from facellm.train.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
+
     t = sub.add_parser("tools", help="run a face tool on an image")
     t.add_argument("tool", choices=[*TOOL_STEPS, "verify"])
     t.add_argument("image", help="image file (jpg, png, webp, tiff, ...)")

@@ -1,0 +1,36 @@
+"""`facellm train` and `facellm merge`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help="train FaceLLM with a recipe (stage 1 alignment, stage 2 instruction tuning)")
+    t.add_argument("--recipe", default="default", help="built-in recipe (default, tiny, gpu-large) or a TOML file")
+    t.add_argument("--data", action="append", default=None, metavar="DIR",
+                   help="data_gen output folder (repeatable; default: the recipe's `data`)")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, the model folder)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--max-steps", type=int, default=None, help="cap every stage at this many steps")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("merge", help="write a standalone model folder with the LoRA adapter folded into the LM")
+    m.add_argument("model", help="model folder with a lora/ adapter")
+    m.add_argument("out", help="new folder")
+    m.set_defaults(func=cmd_merge)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .trainer import train
+
+    folder = train(args.recipe, args.out, data=args.data, resume=args.resume, max_steps=args.max_steps,
+                   progress=not args.no_progress)
+    print(f"trained model: {folder}  (try: facellm ask --model {folder} PHOTO \"question\")")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from facellm.lora import merge
+
+    print(f"merged model written to {merge(args.model, args.out)}")

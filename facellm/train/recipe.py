@@ -1,0 +1,129 @@
+"""Training recipes: TOML files naming the model, the data mixture and the optimisation of each stage.
+
+A recipe is a base model (``[model]``: FaceLLMConfig fields) and one or more stages run in order, each
+starting from the previous stage's output folder::
+
+    name = "default"
+    seed = 0
+    data = "~/.cache/facellm/data/offline"          # data_gen output folder(s); --data overrides
+
+    [model]                                         # FaceLLMConfig fields for a fresh model
+    lm_name_or_path = "smollm2-135m-instruct"
+
+    [[stage]]
+    name = "align"                                  # stage 1: projector + region encoder, LM frozen
+    train = ["projector", "region_encoder"]
+    mixture = { facecaption = 1.0 }                 # style -> weight (x records per epoch; 0.5 = half of them)
+    lr = 1e-3
+    ...
+
+Built-in recipes live in ``facellm/train/recipes/*.toml``: ``facellm train --recipe default``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+TRAINABLE_PARTS = ("projector", "region_encoder", "lora", "lm", "vision_tower")
+
+
+class RecipeError(ValueError):
+    """A recipe file is missing, malformed, or names something that does not exist."""
+
+
+@dataclass
+class StageRecipe:
+    name: str
+    train: list[str] = field(default_factory=lambda: ["projector", "region_encoder"])
+    mixture: dict[str, float] = field(default_factory=lambda: {"facecaption": 1.0})
+    epochs: float = 1.0  # passes over the mixture; max_steps wins when set
+    max_steps: int | None = None
+    batch_size: int = 4  # per device
+    grad_accum: int = 1
+    max_length: int = 1024  # longer examples are skipped (never cut: that would split an image's tokens)
+    lr: float = 1e-3
+    lr_parts: dict[str, float] = field(default_factory=dict)  # per-part overrides, e.g. {lora = 2e-4}
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | linear | constant
+    max_grad_norm: float = 1.0
+    lora: dict | None = None  # {r, alpha, dropout, target_modules} when "lora" is in train
+    load_in_4bit: bool = False  # QLoRA
+    eval_every: int = 50  # steps; 0 = only at the end
+    eval_items: int = 32  # held-out records for the loss / answer check
+    save_every: int = 25  # checkpoint interval in steps
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.train if p not in TRAINABLE_PARTS]
+        if bad:
+            raise RecipeError(f"stage {self.name!r}: unknown part(s) {bad} in train; use {TRAINABLE_PARTS}")
+        if "lora" in self.train and "lm" in self.train:
+            raise RecipeError(f"stage {self.name!r}: train either 'lora' or the full 'lm', not both")
+        if self.load_in_4bit and "lora" not in self.train:
+            raise RecipeError(f"stage {self.name!r}: load_in_4bit (QLoRA) needs 'lora' in train")
+        if not self.mixture or any(w < 0 for w in self.mixture.values()):
+            raise RecipeError(f"stage {self.name!r}: mixture needs at least one style with a weight >= 0")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise RecipeError(f"stage {self.name!r}: schedule must be cosine, linear or constant")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise RecipeError(f"stage {self.name!r}: batch_size and grad_accum must be >= 1")
+
+
+@dataclass
+class Recipe:
+    name: str
+    stages: list[StageRecipe]
+    model: dict = field(default_factory=dict)  # FaceLLMConfig fields
+    data: list[str] = field(default_factory=list)  # data_gen output folders
+    seed: int = 0
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 (no) on CPU
+    description: str = ""
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "Recipe":
+        """A built-in recipe by name (``default``, ``tiny``, ``gpu-large``) or a TOML file."""
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            builtin = RECIPES_DIR / f"{name_or_path}.toml"
+            if not builtin.is_file():
+                known = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+                raise RecipeError(f"no recipe {name_or_path!r}: not a file, and not one of the built-in {known}")
+            path = builtin
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise RecipeError(f"{path}: not valid TOML: {err}") from None
+        return cls.from_dict(raw, where=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "recipe") -> "Recipe":
+        raw = dict(raw)
+        stages = raw.pop("stage", None) or raw.pop("stages", None)
+        if not stages:
+            raise RecipeError(f"{where}: no [[stage]] tables")
+        known_stage = {f.name for f in fields(StageRecipe)}
+        parsed = []
+        for i, st in enumerate(stages):
+            unknown = set(st) - known_stage
+            if unknown:
+                raise RecipeError(f"{where}: stage {i + 1} has unknown key(s) {sorted(unknown)}")
+            if "name" not in st:
+                raise RecipeError(f"{where}: stage {i + 1} needs a name")
+            parsed.append(StageRecipe(**st))
+        names = [s.name for s in parsed]
+        if len(set(names)) != len(names):
+            raise RecipeError(f"{where}: stage names must be unique, got {names}")
+        data = raw.pop("data", [])
+        data = [data] if isinstance(data, str) else list(data)
+        known = {f.name for f in fields(cls)} - {"stages", "data"}
+        unknown = set(raw) - known
+        if unknown:
+            raise RecipeError(f"{where}: unknown top-level key(s) {sorted(unknown)}")
+        return cls(stages=parsed, data=data, **raw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

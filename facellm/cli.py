@@ -219,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-v", "--verbose", action="store_true", help="print timings")
     a.set_defaults(func=cmd_ask)
 
+    from facellm.data_gen.cli import add_parser as add_data_parser
     from facellm.train.cli import add_parser as add_train_parser
 
+    add_data_parser(sub)
     add_train_parser(sub)
 
     t = sub.add_parser("tools", help="run a face tool on an image")

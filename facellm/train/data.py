@@ -20,6 +20,7 @@ from pathlib import Path
 from facellm.tools.schema import FaceAnalysis
 
 SHARD_GLOB = "part-*.jsonl"
+VALIDATION_SHARE = 0.05  # of the photo groups, when the data has no validation split of its own
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Example:
     split: str
     image: str  # absolute path
     sha256: str
+    group: str  # the split unit (photo or identity): validation carved from train never shares one
     messages: list[dict]  # OpenAI-style; image parts carry the path
     tools: list[str] = field(default_factory=list)
     answer: str = ""  # the final assistant answer (for the answer check)
@@ -52,12 +54,30 @@ def _to_messages(record: dict, image_path: str) -> list[dict]:
     return out
 
 
+def _in_validation(group: str) -> bool:
+    import hashlib
+
+    return int(hashlib.sha256(f"validation:{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < VALIDATION_SHARE
+
+
 def load_examples(folders: list[str | Path], splits: tuple[str, ...] = ("train",)) -> list[Example]:
-    """Every record of the given splits in the folders, in file order."""
+    """Every record of the given splits in the folders (data_gen output folders: records in ``shards/``).
+
+    The test split is never read for training. When the data has no validation split, a fixed 5% of the
+    train split's photo groups serve as one ("validation" here) and are left out of "train"."""
+    out = _read(folders)
+    if not any(e.split == "validation" for e in out):
+        for e in out:
+            if e.split == "train" and _in_validation(e.group):
+                e.split = "validation"
+    return [e for e in out if e.split in splits]
+
+
+def _read(folders: list[str | Path]) -> list[Example]:
     out: list[Example] = []
     for folder in folders:
         folder = Path(folder).expanduser()
-        shards = sorted(folder.glob(SHARD_GLOB))
+        shards = sorted(folder.glob(SHARD_GLOB)) + sorted(folder.glob(f"shards/{SHARD_GLOB}"))
         if not shards:
             raise FileNotFoundError(f"{folder} has no {SHARD_GLOB} record files: build data with "
                                     "`facellm data generate --out DIR` first")
@@ -70,14 +90,13 @@ def load_examples(folders: list[str | Path], splits: tuple[str, ...] = ("train",
                         rec = json.loads(line)
                     except json.JSONDecodeError:
                         raise ValueError(f"{shard}:{n}: not a JSON record") from None
-                    if rec.get("split") not in splits:
-                        continue
                     img = Path(rec["image"]["path"])
                     img = img if img.is_absolute() else folder / img
                     msgs = _to_messages(rec, str(img))
                     answers = [m["content"] for m in msgs if m["role"] == "assistant" and m.get("content")]
                     out.append(Example(id=rec["id"], style=rec["style"], split=rec["split"], image=str(img),
-                                       sha256=rec["image"]["sha256"], messages=msgs, tools=rec.get("tools") or [],
+                                       sha256=rec["image"]["sha256"], group=rec.get("group") or rec["id"],
+                                       messages=msgs, tools=rec.get("tools") or [],
                                        answer=answers[-1] if answers else ""))
     return out
 

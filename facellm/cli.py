@@ -220,10 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_ask)
 
     from facellm.data_gen.cli import add_parser as add_data_parser
+    from facellm.eval.cli import add_parser as add_eval_parser
     from facellm.train.cli import add_parser as add_train_parser
 
     add_data_parser(sub)
     add_train_parser(sub)
+    add_eval_parser(sub)
 
     t = sub.add_parser("tools", help="run a face tool on an image")
     t.add_argument("tool", choices=[*TOOL_STEPS, "verify"])

@@ -1,0 +1,140 @@
+"""FaceXBench-format benchmarks: load the JSON layout and write the prompts of its three settings.
+
+The layout: a folder of JSON files, one per source dataset, each with ``category``, ``sub-category``,
+``dataset``, ``num_images`` ("zero" / "single" / "multiple"), ``prepend_text`` (a task description),
+``postpend_text`` (the answer-format instruction), for the tool-retrieval file a ``context`` (a catalogue
+of face APIs), and ``questions: {id: {image_paths, question_text, options[4], correct_answer_option,
+answer}}``. Image paths are relative to the folder that holds the JSON files.
+
+Settings: ``zero_shot`` (question, options, format instruction), ``in_context`` (the task description
+first) and ``cot`` (task description, then "think step by step" and a final "Answer: X" line).
+
+FaceXBench is for evaluation only: nothing here feeds training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .answers import canonical_gender
+from .items import LETTERS, Benchmark, BenchmarkError, EvalItem
+
+SETTINGS = ("zero_shot", "in_context", "cot")
+COT_TEXT = ("Think step by step about what the image(s) show, then give your final answer on its own last line "
+            "as 'Answer: X', where X is the option letter.")
+DEFAULT_POSTPEND = "Please answer the question and provide only the correct option letter, e.g., A, B, C, D."
+_REQUIRED = ("category", "questions")
+
+
+def _resolve_source(path_or_id: str | os.PathLike) -> Path:
+    """A local folder / JSON file, or a Hugging Face dataset id already in the local cache (never downloads)."""
+    p = Path(path_or_id).expanduser()
+    if p.exists():
+        return p
+    text = str(path_or_id)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(repo_id=text, repo_type="dataset", local_files_only=True))
+        except Exception as e:  # offline and not cached, or no such id
+            raise BenchmarkError(f"{text!r} is not a local path, and no cached copy of the Hugging Face dataset "
+                                 f"{text!r} was found (this runs offline; download it once with "
+                                 f"`huggingface-cli download --repo-type dataset {text}`): {e}") from None
+    raise BenchmarkError(f"no benchmark at {text!r}: not a file or folder")
+
+
+def _json_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    # the published repository keeps them under benchmark/; accept that folder or any folder of JSON files
+    for cand in (root, root / "benchmark"):
+        files = sorted(cand.glob("*.json"))
+        if files:
+            return files
+    raise BenchmarkError(f"{root} holds no FaceXBench JSON files")
+
+
+def _option_letter(raw: object, options: list[str], where: str) -> str:
+    letter = str(raw).strip().strip("()").upper()[:1]
+    if letter not in LETTERS[: len(options)]:
+        raise BenchmarkError(f"{where}: correct_answer_option {raw!r} is not one of {LETTERS[: len(options)]}")
+    return letter
+
+
+def load_file(path: Path, *, base: Path | None = None) -> list[EvalItem]:
+    """The items of one FaceXBench JSON file (image paths made absolute against ``base``, default its folder)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BenchmarkError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict) or any(k not in data for k in _REQUIRED):
+        raise BenchmarkError(f"{path}: not a FaceXBench file (needs the keys {', '.join(_REQUIRED)})")
+    questions = data["questions"]
+    if not isinstance(questions, dict):
+        raise BenchmarkError(f"{path}: 'questions' must be an object of id -> question")
+    base = base or path.parent
+    num_images = str(data.get("num_images", "")).lower()
+    text_only = num_images == "zero"
+    items = []
+    for qid, q in questions.items():
+        where = f"{path.name} question {qid}"
+        try:
+            options = [str(o) for o in q["options"]]
+            images = [str((base / p).resolve()) for p in q.get("image_paths", [])]
+            letter = _option_letter(q["correct_answer_option"], options, where)
+            question = str(q["question_text"])
+        except (KeyError, TypeError) as e:
+            raise BenchmarkError(f"{where}: missing or malformed field {e}") from None
+        if "answer" in q and str(q["answer"]).strip() != options[LETTERS.index(letter)].strip():
+            raise BenchmarkError(f"{where}: 'answer' {q['answer']!r} is not option {letter} "
+                                 f"({options[LETTERS.index(letter)]!r})")
+        sub = str(data.get("sub-category", data.get("sub_category", "general")))
+        groups = {}
+        if data["category"] == "bias_fairness" and len(images) == 1:
+            # the single-image fairness questions ask for the group itself: their answer is the person's group
+            value = options[LETTERS.index(letter)]
+            groups[sub] = (canonical_gender(value) or value.lower()) if sub == "gender" else value
+        items.append(EvalItem(
+            id=f"{path.stem}/{qid}", kind="mc", question=question, images=images, category=str(data["category"]),
+            sub_category=sub, dataset=str(data.get("dataset", path.stem)), options=options, answer_letter=letter,
+            context=str(data.get("context", "")), prepend_text=str(data.get("prepend_text", "")),
+            postpend_text=str(data.get("postpend_text", "")) or DEFAULT_POSTPEND, groups=groups,
+            meta={"text_only": text_only, "file": path.name, "num_images": num_images or None}))
+    return items
+
+
+def load_facexbench(path_or_id: str | os.PathLike, *, check_images: bool = True) -> Benchmark:
+    """Every question of a FaceXBench-format folder (or one file, or a cached HF dataset id)."""
+    root = _resolve_source(path_or_id)
+    files = _json_files(root)
+    items: list[EvalItem] = []
+    for f in files:
+        items.extend(load_file(f))
+    if not items:
+        raise BenchmarkError(f"{root}: the FaceXBench files hold no questions")
+    bench = Benchmark(name=f"facexbench:{root.name}", items=items, source=str(root))
+    if check_images:
+        bench.check_images()
+    return bench
+
+
+def options_text(options: list[str]) -> str:
+    return "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+
+
+def mc_prompt(item: EvalItem, setting: str = "zero_shot") -> str:
+    """The text of a multiple-choice question in one of ``SETTINGS`` (images are sent separately)."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; choose one of {', '.join(SETTINGS)}")
+    parts = []
+    if item.context:
+        parts.append(item.context)
+    if setting in ("in_context", "cot") and item.prepend_text:
+        parts.append(item.prepend_text)
+    parts.append(item.question)
+    parts.append(options_text(item.options))
+    parts.append(COT_TEXT if setting == "cot" else (item.postpend_text or DEFAULT_POSTPEND))
+    return "\n".join(parts)

@@ -91,6 +91,15 @@ def _model_responders(args: argparse.Namespace, baselines: list[str]):
     if "no_image" in baselines:
         out.append(LocalResponder(model, name=name, identity=ident, with_images=False,
                                   max_new_tokens=args.max_tokens))
+    for other in args.compare or []:  # more model folders in the same run, e.g. the untrained initialisation
+        folder = Path(other)
+        weights = folder / "model.safetensors"
+        other_name = folder.name if folder.name not in ("model", "final") else f"{folder.parent.name}-{folder.name}"
+        if not is_trained(folder):
+            other_name += " (untrained)"
+        out.append(LocalResponder(FaceLLMForConditionalGeneration.from_pretrained(folder), name=other_name,
+                                  identity=f"{folder.resolve()}:{weights.stat().st_mtime_ns if weights.is_file() else 0}",
+                                  max_new_tokens=args.max_tokens))
     return name, out, notes
 
 
@@ -138,6 +147,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     who.add_argument("--local", action="store_true", help="run FaceLLM in this process")
     e.add_argument("--model", default=None, metavar="DIR", help="with --local: model folder (default: the default "
                    "model)")
+    e.add_argument("--compare", action="append", default=None, metavar="DIR",
+                   help="with --local: another model folder to evaluate in the same run (repeatable)")
     e.add_argument("--model-name", default=None, help="endpoint: the served model id (default: the first listed); "
                    "local: the name shown in the report")
     e.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help=argparse.SUPPRESS)

@@ -386,12 +386,15 @@ def test_cli_local_model_on_builtin_records(records, tmp_path, capsys):
     (data / "shards" / "part-00000.jsonl").write_text("".join(r.model_dump_json(by_alias=True) + "\n"
                                                               for r in records))
     model_dir = tiny_model(tmp_path).save_pretrained(tmp_path / "tiny-model")
+    other_dir = tiny_model(tmp_path, seed=1).save_pretrained(tmp_path / "other-init")
     out = tmp_path / "out"
     rc = main(["eval", "--benchmark", "builtin", "--data", str(data), "--local", "--model", str(model_dir),
-               "--baselines", "tools,no_image", "--limit", "1", "--max-tokens", "4", "--out", str(out), "-q"])
+               "--compare", str(other_dir), "--baselines", "tools,no_image", "--limit", "1", "--max-tokens", "4",
+               "--out", str(out), "-q"])
     assert rc == 0, capsys.readouterr().err
     data_out = json.loads((out / "results.json").read_text())
-    assert {r["model"] for r in data_out["items"]} == {"tools-only", "tiny-model", "tiny-model (no image)"}
+    assert {r["model"] for r in data_out["items"]} == {"tools-only", "tiny-model", "tiny-model (no image)",
+                                                       "other-init"}
     assert {r["kind"] for r in data_out["items"]} == {"mc", "attribute", "open", "tool"}
     assert main(["eval", "--benchmark", "builtin", "--data", str(tmp_path / "empty"), "--local", "--out",
                  str(out)]) == 1

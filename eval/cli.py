@@ -92,6 +92,10 @@ def _model_responders(args: argparse.Namespace, baselines: list[str]):
         out.append(LocalResponder(model, name=name, identity=ident, with_images=False,
                                   max_new_tokens=args.max_tokens))
     for other in args.compare or []:  # more model folders in the same run, e.g. the untrained initialisation
+        if other == "untrained":
+            from facellm.default_model import prepare_untrained_model
+
+            other = prepare_untrained_model()
         folder = Path(other)
         weights = folder / "model.safetensors"
         other_name = folder.name if folder.name not in ("model", "final") else f"{folder.parent.name}-{folder.name}"
@@ -148,7 +152,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, metavar="DIR", help="with --local: model folder (default: the default "
                    "model)")
     e.add_argument("--compare", action="append", default=None, metavar="DIR",
-                   help="with --local: another model folder to evaluate in the same run (repeatable)")
+                   help="with --local: another model folder to evaluate in the same run (repeatable; "
+                   "'untrained' = the default architecture's untrained initialisation)")
     e.add_argument("--model-name", default=None, help="endpoint: the served model id (default: the first listed); "
                    "local: the name shown in the report")
     e.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help=argparse.SUPPRESS)

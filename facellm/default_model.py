@@ -38,10 +38,7 @@ def _source_id() -> dict:
 
     src = shipped_weights()
     if src is None:  # rebuilt whenever the default configuration changes
-        from .configuration import FaceLLMConfig
-
-        cfg = hashlib.sha256(FaceLLMConfig().to_json_string(use_diff=False).encode()).hexdigest()[:16]
-        return {"trained": False, "seed": SEED, "config": cfg}
+        return {"trained": False, "seed": SEED, "config": _source_id_untrained()}
     return {"trained": True, "sha256": hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()}
 
 
@@ -83,6 +80,33 @@ def prepare_default_model(*, force: bool = False, verbose: bool = False) -> Path
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)  # atomic swap: an interrupted build leaves the old folder or none, never half of one
     return dest
+
+
+def prepare_untrained_model() -> Path:
+    """The default architecture with its seeded, untrained initialisation (a baseline for evaluations)."""
+    from .configuration import FaceLLMConfig
+    from .modeling import FaceLLMForConditionalGeneration
+
+    dest = home() / "models" / "facellm-untrained"
+    want = {"trained": False, "seed": SEED, "config": _source_id_untrained()}
+    if (dest / MARKER).is_file() and json.loads((dest / MARKER).read_text()) == want:
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(SEED)
+    FaceLLMForConditionalGeneration(FaceLLMConfig()).save_pretrained(tmp)
+    (tmp / MARKER).write_text(json.dumps(want))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def _source_id_untrained() -> str:
+    import hashlib
+
+    from .configuration import FaceLLMConfig
+
+    return hashlib.sha256(FaceLLMConfig().to_json_string(use_diff=False).encode()).hexdigest()[:16]
 
 
 def load_default_model(**overrides):

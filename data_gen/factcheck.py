@@ -27,7 +27,7 @@ _EXPR_CANON = {"happiness": "happy", "sadness": "sad", "anger": "angry", "surpri
 RACES = {"white": "White", "black": "Black", "east asian": "East Asian", "southeast asian": "Southeast Asian",
          "indian": "Indian", "middle eastern": "Middle Eastern", "latino": "Latino_Hispanic",
          "hispanic": "Latino_Hispanic", "asian": "Asian"}
-_BOOL_ATTRS = {  # attribute -> (regex, label names that can support it)
+BOOL_ATTRS = {  # attribute -> (regex, label names that can support it)
     # "the smile cue scores 0.00" names a measurement, it claims nothing
     "smile": (r"\bsmil(e|es|ing)\b(?!\s+(?:cue|score))|\bgrin(s|ning)?\b|\blaugh(s|ing)?\b", ("smile",)),
     "eyes_closed": (r"\beyes? (are |is )?(closed|shut)\b|\bblink(s|ing)?\b", ("eyes_closed",)),
@@ -91,7 +91,7 @@ def extract_claims(answer: str) -> list[Claim]:
             word = m.group(1)
             n = int(word) if word.isdigit() else _NUM[word]
             claims.append(Claim("num_faces", n, s))
-        for attr, (rx, _) in _BOOL_ATTRS.items():
+        for attr, (rx, _) in BOOL_ATTRS.items():
             for m in re.finditer(rx, low):
                 if _hedged(low, m.start()):
                     continue
@@ -153,8 +153,8 @@ def check_claim(c: Claim, labels: list[Label], names: set[str] = frozenset()) ->
                                  and re.search(r"\bof (the|these|them)\b", c.sentence.lower())):
             return None
         return f"says {c.value} face(s); the record has {sorted(counts) or 'no count'}"
-    if c.attribute in _BOOL_ATTRS:
-        vals = {_truthy(lb.value) for lb in labels if lb.name in _BOOL_ATTRS[c.attribute][1]}
+    if c.attribute in BOOL_ATTRS:
+        vals = {_truthy(lb.value) for lb in labels if lb.name in BOOL_ATTRS[c.attribute][1]}
         if c.attribute == "smile":  # the expression class 'happy' also supports a smile
             vals |= {True for lb in labels if lb.name == "expression" and lb.value == "happy"}
         if c.value in vals:

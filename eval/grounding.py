@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from facellm.data_gen.factcheck import _BOOL_ATTRS, check_claim, extract_claims
+from facellm.data_gen.factcheck import BOOL_ATTRS, check_claim, extract_claims
 from facellm.data_gen.facts import ALIASES
 from facellm.data_gen.schema import Label
 
@@ -23,7 +23,7 @@ _EVIDENCE_NAMES: dict[str, tuple[str, ...]] = {
     "race": ("race",),
     "age": ALIASES["age"],
     "head_turn": ("head_pose",),
-    **{attr: names for attr, (_, names) in _BOOL_ATTRS.items()},
+    **{attr: names for attr, (_, names) in BOOL_ATTRS.items()},
 }
 
 

@@ -34,6 +34,10 @@ def cmd_ask(args: argparse.Namespace) -> None:
     from facellm.modeling import FaceLLMForConditionalGeneration
     from facellm.tools.image_io import as_loaded
 
+    if getattr(args, "agent", False):
+        from facellm.agent.cli import cmd_ask_agent
+
+        return cmd_ask_agent(args)
     *images, question = args.inputs
     if not images:
         _die("give at least one image before the question: facellm ask PHOTO.jpg \"How old does she look?\"")
@@ -218,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true")
     a.add_argument("-v", "--verbose", action="store_true", help="print timings")
     a.set_defaults(func=cmd_ask)
+    from facellm.agent.cli import add_agent_arguments
+    from facellm.agent.cli import add_parser as add_chat_parser
+
+    add_agent_arguments(a)
+    add_chat_parser(sub)
 
     from facellm.data_gen.cli import add_parser as add_data_parser
     from facellm.eval.cli import add_parser as add_eval_parser

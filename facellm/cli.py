@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_train_parser(sub)
     add_eval_parser(sub)
+    from facellm.serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
 
     t = sub.add_parser("tools", help="run a face tool on an image")
     t.add_argument("tool", choices=[*TOOL_STEPS, "verify"])

@@ -1,0 +1,347 @@
+"""The OpenAI-compatible server with the transformers engine: real servers on loopback (subprocesses), real
+photos through the face tools, called with the official openai client, LangChain's ChatOpenAI and httpx.
+
+Two tiny FaceLLM folders: one *taught* two answers (so the tests can check exact text and a real tool call
+coming back through the API), one left random (it rambles until max_tokens: long requests for the queue,
+timeout and shutdown tests).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from facellm.serve.output import OutputTracker
+from facellm.serve.prompt import prepare
+from facellm.serve.protocol import ChatCompletionRequest
+from facellm.serve.settings import ServeSettings
+from facellm.tools.photos import photo
+from tiny_facellm import tiny_model
+
+PHOTOS = photo("astronaut").parent
+TOOLS = [{"type": "function", "function": {"name": "detect", "description": "find the faces in an image",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"image": {"type": "string"}}}}}]
+TOOL_ANSWER = '<tool_call>\n{"name": "detect", "arguments": {"image": "image_1"}}\n</tool_call>'
+KEY = "test-key"
+
+
+def image_question(url: str, question: str = "How many people?") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": question}]}]
+
+
+def data_uri(path: Path) -> str:
+    mime = "image/png" if path.suffix == ".png" else "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+TAUGHT = [  # (request, answer): the prompts go through the server's own prompt builder, as served
+    (dict(messages=image_question(str(photo("astronaut")))), "One person."),
+    (dict(messages=[{"role": "user", "content": "Find the faces."}], tools=TOOLS), TOOL_ANSWER),
+]
+
+
+def build_taught_model(root: Path, steps: int = 100, hidden: int = 32) -> Path:
+    """A tiny FaceLLM whose LM learned the TAUGHT answers (~10 s); saved with its LM in lm/."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and much faster on a busy machine
+    model = tiny_model(root, freeze_lm=False, hidden=hidden)
+    settings = ServeSettings(image_dirs=[PHOTOS])
+    batches = []
+    for req, answer in TAUGHT:
+        msgs = prepare(ChatCompletionRequest(**req), settings).messages
+        batches.append(model.processor(msgs + [{"role": "assistant", "content": answer}]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-2 if hidden <= 32 else 3e-3)  # the wider LM needs a gentler step
+    model.train()
+    for _ in range(steps):
+        loss = sum(model(**b).loss for b in batches)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    torch.set_num_threads(threads)
+    return model.save_pretrained(root / "taught")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m facellm.serve.cli ...`` (or ``command``) on a free loopback port; waits until /health answers."""
+
+    def __init__(self, args: list[str], startup: float = 120.0, env: dict | None = None,
+                 command: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        command = command or [sys.executable, "-m", "facellm.serve.cli"]
+        self.proc = subprocess.Popen([*command, "--port", str(self.port), *args],
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        deadline = time.monotonic() + startup
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + "".join(self.output))
+            try:
+                if httpx.get(self.base + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.output))
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def taught_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return build_taught_model(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def random_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve_random")
+    return tiny_model(root, seed=3).save_pretrained(root / "random")
+
+
+@pytest.fixture(scope="module")
+def server(taught_dir):
+    srv = ServerProcess(["--engine", "transformers", "--model", str(taught_dir), "--api-key", KEY,
+                         "--image-dir", str(PHOTOS), "--max-image-mb", "1"])
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0)
+
+
+# ---------------------------------------------------------------- the openai client
+
+
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["facellm"]
+    health = httpx.get(server.base + "/health").json()
+    assert health["status"] == "ok" and health["engine"] == "transformers"
+
+
+def test_openai_client_answers_about_a_real_photo(client):
+    # server-side path inside the allowed folder: the taught answer comes back exactly
+    r = client.chat.completions.create(model="facellm", messages=image_question(str(photo("astronaut"))),
+                                       max_tokens=20)
+    assert r.choices[0].message.content == "One person."
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens > 64 + 10  # the 8x8 patch tokens and one face's 10 tokens are in the prompt
+    # the same photo as a data URI gives the same prompt, hence the same answer
+    r2 = client.chat.completions.create(model="facellm", max_tokens=20,
+                                        messages=image_question(data_uri(photo("astronaut"))))
+    assert r2.choices[0].message.content == "One person." and r2.usage.prompt_tokens == r.usage.prompt_tokens
+
+
+def test_group_photo_has_more_face_tokens(client):
+    one = client.chat.completions.create(model="facellm", max_tokens=3,
+                                         messages=image_question(str(photo("astronaut"))))
+    group = client.chat.completions.create(model="facellm", max_tokens=3, messages=image_question(str(photo("group"))))
+    # 4 faces shown (max_faces) x 10 face tokens + their "Face i (where):" labels + the "6 faces found" note
+    assert group.usage.prompt_tokens - one.usage.prompt_tokens > 3 * 10
+
+
+def test_streaming_matches_the_plain_answer(client):
+    stream = client.chat.completions.create(model="facellm", messages=image_question(str(photo("astronaut"))),
+                                            max_tokens=20, stream=True, stream_options={"include_usage": True})
+    pieces, reasons, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for c in chunk.choices:
+            pieces.append(c.delta.content or "")
+            reasons.append(c.finish_reason)
+    assert "".join(pieces) == "One person."
+    assert len([p for p in pieces if p]) > 1  # it really arrived in pieces
+    assert reasons[-1] == "stop" and usage is not None and usage.completion_tokens >= 2
+
+
+def test_tool_call_comes_back_as_tool_calls(client):
+    r = client.chat.completions.create(model="facellm", messages=[{"role": "user", "content": "Find the faces."}],
+                                       tools=TOOLS, max_tokens=100)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "detect" and json.loads(call.function.arguments) == {"image": "image_1"}
+    assert not choice.message.content
+    # streamed: the call arrives as a tool_calls delta, never as text
+    chunks = list(client.chat.completions.create(model="facellm", tools=TOOLS, max_tokens=100, stream=True,
+                                                 messages=[{"role": "user", "content": "Find the faces."}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert "<tool_call>" not in text and calls[0].function.name == "detect"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_results_and_history_are_accepted(client):
+    msgs = [{"role": "user", "content": "Find the faces."},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "detect", "arguments": '{"image": "image_1"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"num_faces": 1}'}]
+    r = client.chat.completions.create(model="facellm", messages=msgs, tools=TOOLS, max_tokens=5)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_bad_requests_are_refused_clearly(server, client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="outside the folders"):
+        client.chat.completions.create(model="facellm", messages=image_question("/etc/hostname"))
+    with pytest.raises(openai.BadRequestError, match="allow-listed"):
+        client.chat.completions.create(model="facellm", messages=image_question("https://example.com/a.jpg"))
+    with pytest.raises(openai.BadRequestError, match="limit"):  # padded past the 1 MB image limit
+        client.chat.completions.create(model="facellm", messages=image_question(data_uri(photo("group")) + "A" * 2 * 2**20))
+    with pytest.raises(openai.BadRequestError, match="not among the tools"):
+        client.chat.completions.create(model="facellm", messages=[{"role": "user", "content": "hi"}], tools=TOOLS,
+                                       tool_choice={"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    r = httpx.post(server.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   content=b"x" * (21 * 2**20))
+    assert r.status_code == 413
+    r = httpx.post(server.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   json={"messages": []})
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+
+
+def test_api_key_is_required(server):
+    from openai import AuthenticationError, OpenAI
+
+    wrong = OpenAI(base_url=server.base + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(AuthenticationError):
+        wrong.models.list()
+    assert httpx.get(server.base + "/health").status_code == 200  # health and metrics stay open
+
+
+def test_langchain_chat_openai(server):
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=server.base + "/v1", api_key=KEY, model="facellm", temperature=0, max_tokens=20,
+                     max_retries=0)
+    msg = HumanMessage(content=[{"type": "image_url", "image_url": {"url": data_uri(photo("astronaut"))}},
+                                {"type": "text", "text": "How many people?"}])
+    assert llm.invoke([msg]).content == "One person."
+    assert "".join(c.content for c in llm.stream([msg])) == "One person."
+    ai = ChatOpenAI(base_url=server.base + "/v1", api_key=KEY, model="facellm", temperature=0, max_tokens=100,
+                    max_retries=0).bind_tools(TOOLS).invoke("Find the faces.")
+    assert ai.tool_calls and ai.tool_calls[0]["name"] == "detect" and ai.tool_calls[0]["args"] == {"image": "image_1"}
+
+
+def test_metrics_count_requests(server):
+    text = httpx.get(server.base + "/metrics").text
+    assert 'facellm_requests_total{status="200"}' in text
+    assert "facellm_time_to_first_token_seconds_count" in text
+
+
+# ---------------------------------------------------------------- limits, timeouts, shutdown
+
+
+def _long_request(base: str, max_tokens: int, results: list, stream: bool = False) -> None:
+    body = {"model": "facellm", "max_tokens": max_tokens, "stream": stream,
+            "messages": [{"role": "user", "content": "Describe the image."}]}
+    with httpx.Client(timeout=120) as c:
+        if stream:
+            with c.stream("POST", base + "/v1/chat/completions", json=body) as r:
+                results.append((r.status_code, "".join(r.iter_text())))
+        else:
+            r = c.post(base + "/v1/chat/completions", json=body)
+            results.append((r.status_code, r.text))
+
+
+def test_bounded_queue_answers_429_and_timeouts_504(random_dir):
+    srv = ServerProcess(["--engine", "transformers", "--model", str(random_dir), "--max-concurrency", "1",
+                         "--max-queue", "1", "--timeout", "2", "--max-tokens-limit", "900"])
+    try:
+        results: list = []
+        threads = [threading.Thread(target=_long_request, args=(srv.base, 900, results)) for _ in range(3)]
+        for t in threads:
+            t.start()
+            time.sleep(0.3)  # in order: running, waiting, refused
+        for t in threads:
+            t.join()
+        codes = sorted(code for code, _ in results)
+        assert codes.count(429) == 1, results
+        assert 504 in codes  # the random model rambles past the 2 s limit
+        refused = next(json.loads(body) for code, body in results if code == 429)
+        assert refused["error"]["code"] == "queue_full"
+        # a short request still goes through afterwards
+        ok: list = []
+        _long_request(srv.base, 5, ok)
+        assert ok[0][0] == 200
+    finally:
+        assert srv.stop() == 0
+
+
+def test_sigterm_finishes_in_flight_requests(random_dir):
+    srv = ServerProcess(["--engine", "transformers", "--model", str(random_dir)])
+    results: list = []
+    t = threading.Thread(target=_long_request, args=(srv.base, 400, results, True))
+    t.start()
+    time.sleep(1.0)  # the request is generating
+    srv.proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    assert srv.proc.wait(60) == 0
+    code, body = results[0]
+    assert code == 200 and body.rstrip().endswith("data: [DONE]")
+    assert '"finish_reason": "length"' in body  # it ran to its end, not cut off
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(srv.base + "/health", timeout=2)
+
+
+# ---------------------------------------------------------------- output handling (no server)
+
+
+def test_stop_strings_are_cut_even_across_pieces():
+    t = OutputTracker(["END"], tools=False)
+    shown = t.add("Hello E") + t.add("N") + t.add("D and more")
+    assert shown == "Hello " and t.stopped and t.final().content == "Hello "
+
+
+def test_tool_call_text_is_held_back_and_parsed():
+    t = OutputTracker([], tools=True)
+    shown = "".join(t.add(p) for p in ["Let me look. <tool", "_call>\n{\"name\": \"pose\", ", "\"arguments\": {}}",
+                                       "\n</tool_call>"])
+    assert shown == "Let me look. " and t.flush() == ""
+    ans = t.final()
+    assert ans.tool_calls[0]["function"]["name"] == "pose" and ans.content == "Let me look."

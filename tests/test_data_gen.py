@@ -420,7 +420,7 @@ def _start_and_wait(cmd: list[str], progress: Path, units: int) -> subprocess.Po
 
 
 def test_ctrl_c_then_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, cache):
-    args = ["--source", "offline", "--styles", "fairfacegpt,faceinstruct,facecaption,agent", "--limit", "8",
+    args = ["--source", "offline", "--styles", "fairfacegpt,faceinstruct,facecaption,agent", "--limit", "16",
             "--variants", "1", "--composites", "1", "--quiet", "--no-export", "--shard-size", "7"]
     ref = tmp_path / "ref"
     assert data_main(["generate", "--out", str(ref), "--cache", str(cache), *args]) == 0
@@ -440,7 +440,7 @@ def test_ctrl_c_then_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, cac
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "DONE").exists()
-    assert 0 < len(progress.read_text().splitlines()) < 8 + 2
+    assert 0 < len(progress.read_text().splitlines()) < 16 + 2
     rerun = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     got = _lines(out)

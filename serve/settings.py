@@ -17,6 +17,9 @@ class ServeSettings:
     max_concurrency: requests generating at once; max_queue: requests waiting for a slot (more: 429).
     request_timeout: seconds from admission to the last token (504 / an error event in a stream).
     max_tokens_limit: upper bound on a request's max_tokens; default_max_tokens when it gives none.
+    query_model / gallery / max_conversations / conversation_ttl: /v1/faces/query (serve/query.py): the agent's
+    model ("rules": no LM; "engine": the transformers engine's FaceLLM), the enrolled gallery (SQLite) requests
+    may use, and how many conversations are kept and for how many idle seconds.
     """
 
     model_name: str = "facellm"
@@ -33,6 +36,11 @@ class ServeSettings:
     default_max_tokens: int = 256
     max_tokens_limit: int = 2048
     fetch_timeout: float = 10.0
+    # --- /v1/faces/query (serve/query.py)
+    query_model: str = "rules"
+    gallery: Path | None = None
+    max_conversations: int = 256
+    conversation_ttl: float = 3600.0
 
     def __post_init__(self) -> None:
         self.image_dirs = [Path(p).expanduser().resolve() for p in self.image_dirs]
@@ -40,6 +48,14 @@ class ServeSettings:
                      "max_concurrency", "default_max_tokens", "max_tokens_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.query_model not in ("rules", "engine"):
+            raise ValueError(f"query_model must be 'rules' or 'engine', not {self.query_model!r}")
+        if self.gallery is not None:
+            self.gallery = Path(self.gallery).expanduser().resolve()
+            if not self.gallery.is_file():
+                raise ValueError(f"gallery {self.gallery} does not exist (enrol someone with `facellm gallery`)")
+        if self.max_conversations < 1 or self.conversation_ttl <= 0:
+            raise ValueError("max_conversations and conversation_ttl must be positive")
         if self.max_queue < 0:
             raise ValueError("max_queue must be 0 or more")
         if self.request_timeout <= 0:

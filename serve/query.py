@@ -1,0 +1,457 @@
+"""POST /v1/faces/query: the natural-language query API (the face agent behind the server).
+
+Images (data: URIs, or server-side paths under ``--image-dir``, under the same rules and limits as
+/v1/chat/completions) and a question in; the agent's answer, per-face results, tool calls, evidence and
+grounding out. ``conversation_id`` continues a conversation: its images and their cached analyses stay, so
+follow-ups reuse the earlier tool work. ``stream: true`` answers with server-sent events (tool calls and
+results as they happen, then the answer in pieces, then the whole response).
+
+The agent's model (``ServeSettings.query_model``):
+* ``"rules"`` (default): no language model: the agent's rule router picks the tools and the answer is a
+  template over their results (``facellm ask --agent --no-model``). Fast on a CPU (tool time only) and always
+  faithful to what the tools measured, which the untrained default LM is not.
+* ``"engine"``: with the transformers engine, the same in-process FaceLLM wrapped as ``FaceLLMChatModel`` (no
+  second copy of the weights), in ``rules_first`` mode: questions the rules recognise skip the model's tool
+  choice; the rest go to the model. Its calls run on the engine's own generation thread, one at a time with
+  chat completions. The vLLM engine runs its model in other processes: there, queries use the rules.
+
+Admission (queue / 429), API keys, request size limits and ``request_timeout`` are the server's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .images import ImageRefused, resolve_image
+from .settings import ServeSettings
+
+# ------------------------------------------------------------------ request / response models
+
+
+class QueryRequest(BaseModel):
+    """A question about one or more face images."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"images": ["data:image/jpeg;base64,/9j/4AAQ..."], "question": "How many faces are there?"},
+        {"conversation_id": "conv_0123456789abcdef", "question": "Is the person on the left smiling?"}]})
+
+    question: str = Field(min_length=1, max_length=4000, description="the question, in plain language")
+    images: list[str] = Field(default_factory=list, description=(
+        "new images for this conversation: data:image/...;base64 URIs, or absolute paths inside a folder the "
+        "server allows (--image-dir); they get the ids image_1, image_2, ... in order"))
+    conversation_id: str | None = Field(default=None, max_length=64, description=(
+        "continue this conversation (from an earlier response): its images and tool results are reused"))
+    use_gallery: bool = Field(default=False, description=(
+        "let the agent identify faces in the server's enrolled gallery (--gallery); identity questions are "
+        "only ever answered from a gallery match"))
+    stream: bool = Field(default=False, description=(
+        "answer with server-sent events: tool_call, tool_result, answer_delta, then result (the full response)"))
+
+
+class FaceResult(BaseModel):
+    """One face as the tools measured it; pixel coordinates of the original image (after EXIF rotation)."""
+
+    id: int = Field(description="face number, 1 = leftmost")
+    box: list[float] = Field(description="[x1, y1, x2, y2]")
+    score: float = Field(description="detector confidence")
+    kpts5: list[list[float]] = Field(description="right eye, left eye, nose tip, right and left mouth corner")
+    landmarks: list[list[float]] = Field(default_factory=list, description=(
+        "68-point (iBUG) landmarks when measured, else the 478-point mesh, else empty"))
+    head_direction: str | None = Field(default=None, description="head pose in plain words, when measured")
+    smiling: bool | None = Field(default=None, description="smile cue (model estimate), when measured")
+    expression: str | None = Field(default=None, description="expression (model estimate), when measured")
+    perceived_age: str | None = Field(default=None, description="perceived age range (model estimate)")
+    perceived_gender: str | None = Field(default=None, description="perceived gender (model estimate)")
+
+
+class ImageResult(BaseModel):
+    image_id: str
+    width: int
+    height: int
+    faces: list[FaceResult]
+
+
+class ToolCallResult(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    origin: Literal["model", "rules"] = Field(description="who chose the call: the model or the rule router")
+    ok: bool
+    seconds: float
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class EvidenceItem(BaseModel):
+    tool: str
+    image: str | None = None
+    face_id: int | None = None
+    attribute: str
+    value: Any = None
+    probability: float | None = None
+
+
+class Grounding(BaseModel):
+    ok: bool = Field(description="no claim of the answer contradicts the tool results")
+    claims_checked: int
+    contradictions: int
+    issues: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Timings(BaseModel):
+    model: float
+    tools: float
+    total: float
+
+
+class QueryResponse(BaseModel):
+    """The agent's answer with what it rests on."""
+
+    id: str
+    object: Literal["faces.query"] = "faces.query"
+    conversation_id: str = Field(description="send it back to ask a follow-up about the same images")
+    question: str
+    answer: str
+    agent_model: Literal["rules", "engine"] = Field(description="rules: no LM; engine: the served FaceLLM")
+    path: Literal["model", "rules", "none"] = Field(description="who chose the tools")
+    answer_source: Literal["model", "template", "policy"]
+    stop_reason: str
+    images: list[ImageResult] = Field(description="every image of the conversation, with its faces")
+    tool_calls: list[ToolCallResult]
+    evidence: list[EvidenceItem]
+    grounding: Grounding
+    timings_s: Timings
+    notes: list[str] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------ conversations
+
+
+class QueryError(ValueError):
+    """A query the server refuses; ``status`` is its HTTP code."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+@dataclass
+class Conversation:
+    id: str
+    agent: Any  # FaceAgent
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+    sink: Any = None  # where the agent's events go during the current question
+
+    def event(self, kind: str, payload: dict) -> None:
+        if self.sink is not None:
+            self.sink(kind, payload)
+
+
+class Conversations:
+    """Live conversations, least recently used evicted beyond ``limit`` or after ``ttl`` idle seconds."""
+
+    def __init__(self, limit: int, ttl: float) -> None:
+        self.limit, self.ttl = limit, ttl
+        self._items: OrderedDict[str, Conversation] = OrderedDict()
+
+    def get(self, cid: str) -> Conversation:
+        self._expire()
+        conv = self._items.get(cid)
+        if conv is None:
+            raise QueryError(404, f"no conversation {cid!r} (unknown, or expired after {self.ttl:g} s idle); "
+                                  "start a new one by leaving conversation_id out", "conversation_not_found")
+        self._items.move_to_end(cid)
+        conv.last_used = time.monotonic()
+        return conv
+
+    def add(self, conv: Conversation) -> None:
+        self._expire()
+        self._items[conv.id] = conv
+        while len(self._items) > self.limit:
+            old_id, old = next(iter(self._items.items()))
+            if old.lock.locked():  # busy: keep it (the limit is briefly exceeded)
+                break
+            del self._items[old_id]
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for cid in [c for c, v in self._items.items() if now - v.last_used > self.ttl and not v.lock.locked()]:
+            del self._items[cid]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# ------------------------------------------------------------------ the agent behind the route
+
+
+class QueryService:
+    """Builds agents (rules or the engine's model), runs questions off the event loop, shapes responses."""
+
+    def __init__(self, engine: Any, settings: ServeSettings) -> None:
+        self.engine, self.settings = engine, settings
+        self.conversations = Conversations(settings.max_conversations, settings.conversation_ttl)
+        self.mode: Literal["rules", "engine"] = "rules"
+        if settings.query_model == "engine":
+            if getattr(engine, "name", "") != "transformers":
+                raise ValueError("--query-model engine needs the transformers engine (the vLLM engine's model runs "
+                                 "in other processes); use --query-model rules")
+            self.mode = "engine"
+        # the model's turns must share the engine's single generation thread; rules-only questions run here
+        self._pool = ThreadPoolExecutor(max_workers=max(1, settings.max_concurrency),
+                                        thread_name_prefix="facellm-query")
+        self._chat_model = None
+
+    def _model(self):
+        if self.mode != "engine":
+            return None
+        if self._chat_model is None:
+            from facellm.agent import FaceLLMChatModel
+
+            self._chat_model = FaceLLMChatModel(model=self.engine.model,
+                                                max_new_tokens=min(128, self.settings.default_max_tokens))
+        return self._chat_model
+
+    def new_conversation(self, use_gallery: bool) -> Conversation:
+        from facellm.agent import AgentConfig, FaceAgent
+
+        if use_gallery and self.settings.gallery is None:
+            raise QueryError(400, "this server has no face gallery (start it with --gallery DB)", "no_gallery")
+        conv = Conversation("conv_" + uuid.uuid4().hex[:16], None)
+        config = AgentConfig(mode="rules_first", max_steps=3)
+        conv.agent = FaceAgent(self._model(), gallery=str(self.settings.gallery) if use_gallery else None,
+                               config=config, on_event=conv.event)
+        return conv
+
+    def _executor(self):
+        return self.engine._pool if self.mode == "engine" else self._pool
+
+    def ask(self, conv: Conversation, question: str, images: list[Any]) -> dict:
+        """Runs in a worker thread: add the images, ask, shape the response."""
+        for img in images:
+            conv.agent.add_image(img)
+        if not conv.agent.image_ids:
+            raise QueryError(400, "the conversation has no image yet: send at least one in images", "no_image")
+        result = conv.agent.ask(question)
+        d = result.to_dict()
+        store = conv.agent.store
+        shaped = []
+        for image_id in store.ids:
+            loaded = store.loaded(image_id)
+            fa = store.analysis(image_id, ())  # cached: whatever the tools measured (detection at least)
+            shaped.append(ImageResult(image_id=image_id, width=loaded.width, height=loaded.height,
+                                      faces=[_face(f) for f in fa.faces]))
+        return QueryResponse(
+            id="fq-" + uuid.uuid4().hex[:20], conversation_id=conv.id, question=result.question, answer=d["answer"],
+            agent_model=self.mode, path=d["path"], answer_source=d["answer_source"], stop_reason=d["stop_reason"],
+            images=shaped, tool_calls=[ToolCallResult(**c) for c in d["tool_calls"]],
+            evidence=[EvidenceItem(**e) for e in d["evidence"]], grounding=Grounding(**d["grounding"]),
+            timings_s=Timings(**d["timings_s"]), notes=d["notes"]).model_dump(mode="json")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _pts(points) -> list[list[float]]:
+    return [[round(float(p[0]), 1), round(float(p[1]), 1)] for p in points]
+
+
+def _face(f) -> FaceResult:
+    lm = f.lmk68 or f.mesh478
+    age = gender = None
+    if f.attributes and f.attributes.perceived_age:
+        a = f.attributes.perceived_age
+        age = f"{a.low:.0f}-{a.high:.0f} (model estimate)"
+    if f.attributes and f.attributes.perceived_gender:
+        g = f.attributes.perceived_gender
+        gender = f"{g.value} ({g.probability:.0%}, model estimate)"
+    return FaceResult(id=f.id, box=[round(v, 1) for v in f.box.as_list()], score=round(f.score, 3),
+                      kpts5=_pts(f.kpts5), landmarks=_pts(lm.points) if lm else [],
+                      head_direction=f.pose.direction if f.pose else None,
+                      smiling=f.cues.smile.active if f.cues else None,
+                      expression=f.expression.value if f.expression else None,
+                      perceived_age=age, perceived_gender=gender)
+
+
+# ------------------------------------------------------------------ the route
+
+
+def _sse(obj: Any) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+def _pieces(text: str) -> list[str]:
+    """The answer in word-sized pieces for streaming (whitespace kept, so the pieces join to the answer)."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def query_router(app) -> APIRouter:
+    """The /v1/faces/query route; uses ``app.state`` (engine, settings, admission) and APIError of api.py."""
+    from .api import APIError
+
+    router = APIRouter()
+    settings: ServeSettings = app.state.settings
+    default_openapi = app.openapi
+
+    def openapi() -> dict:  # the request is read by hand (size-limited streaming read): name its schema here
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {}).setdefault("schemas", {})["QueryRequest"] = \
+                QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        return app.openapi_schema
+
+    app.openapi = openapi
+    service = QueryService(app.state.engine, settings)
+    app.state.query = service
+
+    async def read(request: Request) -> QueryRequest:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_request_bytes:
+                raise APIError(413, f"the request is larger than the server's limit of {settings.max_request_bytes}"
+                                    " bytes", code="request_too_large")
+        try:
+            return QueryRequest.model_validate_json(body)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            raise APIError(400, f"invalid request: {where}: {first.get('msg')}") from None
+
+    def decode(refs: list[str]) -> list[Any]:
+        if len(refs) > settings.max_images:
+            raise ImageRefused(f"at most {settings.max_images} images per request")
+        return [resolve_image(r, settings) for r in refs]
+
+    @router.post("/v1/faces/query", response_model=QueryResponse, tags=["faces"],
+                 summary="Ask the face agent about images",
+                 responses={400: {"description": "bad request or image"}, 401: {"description": "missing API key"},
+                            404: {"description": "unknown conversation"}, 413: {"description": "too large"},
+                            429: {"description": "queue full"}, 504: {"description": "timed out"}},
+                 openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                     "schema": {"$ref": "#/components/schemas/QueryRequest"}}}}})
+    async def faces_query(request: Request):
+        try:
+            req = await read(request)
+            loop = asyncio.get_running_loop()
+            try:
+                images = await loop.run_in_executor(None, decode, req.images)
+            except ImageRefused as err:
+                raise APIError(400, str(err), code="bad_image") from None
+            try:
+                if req.conversation_id:
+                    conv = service.conversations.get(req.conversation_id)
+                else:
+                    conv = service.new_conversation(req.use_gallery)
+            except QueryError as err:
+                raise APIError(err.status, str(err), code=err.code) from None
+            adm = app.state.admission
+            await adm.enter()
+        except APIError as err:
+            app.state.metrics.requests.labels(str(err.status)).inc()
+            return err.response()
+        start = time.monotonic()
+        events: asyncio.Queue = asyncio.Queue()
+        done = threading.Event()
+
+        def sink(kind: str, payload: dict) -> None:  # called from the worker thread
+            if kind in ("tool_call", "tool_result") and not done.is_set():
+                loop.call_soon_threadsafe(events.put_nowait, {"type": kind, **payload})
+
+        async def run() -> dict:
+            await conv.lock.acquire()
+            conv.sink = sink if req.stream else None
+            fut = loop.run_in_executor(service._executor(), service.ask, conv, req.question.strip(), images)
+
+            def release(_):
+                done.set()
+                conv.sink = None
+                loop.call_soon_threadsafe(conv.lock.release)
+
+            fut.add_done_callback(release)  # the lock is held until the worker really finished
+            left = settings.request_timeout - (time.monotonic() - start)
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.001, left))
+
+        def finish(status: str) -> None:
+            adm.leave()
+            app.state.metrics.requests.labels(status).inc()
+            app.state.metrics.latency.observe(time.monotonic() - start)
+
+        def failure(err: BaseException) -> APIError:
+            if isinstance(err, (TimeoutError, asyncio.TimeoutError)):
+                return APIError(504, f"the query took longer than {settings.request_timeout:g} s", "timeout_error",
+                                "timeout")
+            if isinstance(err, QueryError):
+                return APIError(err.status, str(err), code=err.code)
+            if isinstance(err, ValueError):  # bad question, undecodable image, tool refusal
+                return APIError(400, str(err))
+            return APIError(500, f"the agent failed: {type(err).__name__}: {err}", "server_error")
+
+        if not req.stream:
+            status = "200"
+            try:
+                result = await run()
+            except Exception as err:  # noqa: BLE001 (every failure becomes a clear HTTP error)
+                api = failure(err)
+                status = str(api.status)
+                return api.response()
+            finally:
+                finish(status)
+            service.conversations.add(conv)
+            return JSONResponse(result)
+
+        async def stream() -> AsyncIterator[bytes]:
+            status = "200"
+            task = asyncio.ensure_future(run())
+            try:
+                yield _sse({"type": "start", "conversation_id": conv.id})
+                while True:
+                    getter = asyncio.ensure_future(events.get())
+                    finished, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter in finished:
+                        yield _sse(getter.result())
+                        continue
+                    getter.cancel()
+                    break
+                while not events.empty():
+                    yield _sse(events.get_nowait())
+                try:
+                    result = task.result()
+                except Exception as err:  # noqa: BLE001
+                    api = failure(err)
+                    status = str(api.status)
+                    yield _sse({"type": "error", "error": {"message": api.message, "type": api.kind,
+                                                           "code": api.code, "status": api.status}})
+                    return
+                service.conversations.add(conv)
+                for piece in _pieces(result["answer"]):
+                    yield _sse({"type": "answer_delta", "text": piece})
+                yield _sse({"type": "result", "response": result})
+                yield b"data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                status = "499"
+                raise
+            finally:
+                finish(status)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return router
+
+
+__all__ = ["FaceResult", "ImageResult", "QueryRequest", "QueryResponse", "QueryService", "query_router"]

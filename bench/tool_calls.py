@@ -1,7 +1,7 @@
 """Tool-call validity of a model on the held-out agent questions (the data's test split): does it emit a parseable
 <tool_call> naming a real tool with valid arguments, and is it the tool the trace used?
 
-    .venv/bin/python bench/tool_calls.py MODEL_DIR [--data ~/.cache/facellm/data/offline] [--n 20]
+    .venv/bin/python bench/tool_calls.py MODEL_DIR [--data ~/.cache/facellm/data/offline] [--n 20] [--free]
 """
 import json, sys, time
 from facellm.train.data import load_examples
@@ -14,6 +14,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("model")
 ap.add_argument("--data", default="~/.cache/facellm/data/offline")
 ap.add_argument("--n", type=int, default=20)
+ap.add_argument("--free", action="store_true", help="no constrained decoding of the tool name")
 args = ap.parse_args()
 folder = args.model
 model = FaceLLMForConditionalGeneration.from_pretrained(folder)
@@ -29,7 +30,8 @@ items = items[: args.n]
 valid = right = 0
 t0 = time.time()
 for e, q, want in items:
-    out = model.chat([e.messages[0]], tools=openai_tools(e.tools), max_new_tokens=48)
+    extra = {"tool_names": None} if args.free else {}
+    out = model.chat([e.messages[0]], tools=openai_tools(e.tools), max_new_tokens=48, **extra)
     p = parse_tool_calls(out)
     ok = bool(p.tool_calls) and not p.errors
     if ok:

@@ -199,7 +199,7 @@ class FaceLLMForConditionalGeneration(nn.Module):
                  pixel_values: torch.Tensor | None = None, *, max_new_tokens: int = 128, do_sample: bool = False,
                  temperature: float = 0.7, top_p: float = 0.9, top_k: int | None = None,
                  stop_strings: str | list[str] | None = None, streamer=None, labels=None, image_sizes=None,
-                 face_boxes=None, **kwargs) -> torch.Tensor:
+                 face_boxes=None, tool_names: list[str] | None = None, **kwargs) -> torch.Tensor:
         """New token ids (B, <= max_new_tokens), through the LM's own generate (KV cache) on inputs_embeds.
         Pad the batch on the left (the processor does with ``add_generation_prompt=True``)."""
         face_data = {k: kwargs.pop(k) for k in FACE_KEYS if k in kwargs}
@@ -215,6 +215,10 @@ class FaceLLMForConditionalGeneration(nn.Module):
                 gen["top_k"] = top_k
         if stop_strings:
             gen.update(stop_strings=stop_strings, tokenizer=tok)
+        if tool_names:  # a tool call may only name one of these (facellm.constrained)
+            from .constrained import ToolNameConstraint
+
+            gen["prefix_allowed_tokens_fn"] = ToolNameConstraint(tok, tool_names)
         return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask.to(embeds.device),
                                 streamer=streamer, **gen, **kwargs)
 
@@ -235,6 +239,10 @@ class FaceLLMForConditionalGeneration(nn.Module):
         ``tools``: OpenAI tool definitions offered to the model (its answer may then hold ``<tool_call>``
         blocks: parse them with ``facellm.toolcall.parse_tool_calls``)."""
         batch = self._chat_batch(messages, image, analyses, tools)
+        if tools and "tool_names" not in gen_kwargs:
+            from .constrained import tool_names
+
+            gen_kwargs["tool_names"] = tool_names(tools)
         out = self.generate(**batch, **gen_kwargs)
         text = self.processor.decode(out[0])
         return _cut_at_stop(text, gen_kwargs.get("stop_strings")).strip()

@@ -174,6 +174,10 @@ class FaceLLMChatModel(BaseChatModel):
         extra: dict[str, Any] = {}
         if (cached := self._prefix_kv(batch["input_ids"])) is not None:
             extra["past_key_values"] = cached
+        if tools and kwargs.get("constrain_tool_names"):  # calls may only name an offered tool
+            from facellm.constrained import tool_names
+
+            extra["tool_names"] = tool_names(tools)
         if tools and kwargs.get("tool_probe_tokens"):
             extra["stopping_criteria"] = [_NoToolCallYet(self.model.tokenizer, int(kwargs["tool_probe_tokens"]))]
         out = self.model.generate(**batch, max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),

@@ -391,3 +391,12 @@ def test_openai_compatible_endpoint_as_the_model():
     assert [t["function"]["name"] for t in requests[0]["tools"]] == list(TOOL_NAMES)
     # a text-only endpoint gets images by reference, never as bytes
     assert "image_1" in json.dumps(requests[0]["messages"]) and "base64" not in json.dumps(requests[0]["messages"])
+
+
+def test_tool_markup_instead_of_an_answer_falls_back_to_the_template():
+    # a weak model may echo the tool response instead of answering: the answer comes from the tools
+    model = Scripted(script=[call("detect", image="image_1"),
+                             AIMessage(content='<tool_response>\n{"image":"image_1"}}')])
+    r = FaceAgent(model, images=[photo("group")]).ask("How many faces are in this photo?")
+    assert "6 faces" in r.answer and "<tool_response>" not in r.answer
+    assert r.answer_source == "template" and any("tool markup" in n for n in r.notes)

@@ -246,6 +246,9 @@ class FaceAgent:
         if stop == "step_limit" and use_model:
             notes.append(f"the model did not finish within {self.config.max_steps} steps")
 
+        if final is not None and _looks_broken(final):  # a weak model may echo tool markup instead of answering
+            notes.append("the model's answer was tool markup or JSON, not an answer: discarded")
+            final = None
         model_ok = [r for r in records if r.ok and r.origin == "model"]
         template: planner.Phrase | None = None
         path: Path_ = "model" if model_ok else "none"
@@ -391,3 +394,9 @@ def _dedupe(items: Iterable[Evidence]) -> list[Evidence]:
 
 
 __all__ = ["AgentConfig", "AgentResult", "FaceAgent", "ToolCallRecord", "langchain_tools"]
+
+
+def _looks_broken(text: str) -> bool:
+    t = text.strip()
+    return len(t) < 2 or t.startswith(("{", "[")) or any(m in t for m in ("<tool_response>", "<tool_call>",
+                                                                           "</tool_call>", "</tool_response>"))

@@ -90,7 +90,11 @@ def test_langchain_tools_are_the_registry():
 @pytest.mark.parametrize("question, ids, expected", [
     ("How many people are in the picture?", ["image_1"], [("count", "image_1", None, None)]),
     ("Who is smiling?", ["image_1"], [("smile", "image_1", None, None)]),
-    ("Who is on the left?", ["image_1"], [("identify", "image_1", None, "left")]),
+    ("Who is on the left?", ["image_1"], [("identify", "image_1", None, "left"),
+                                          ("describe", "image_1", None, "left")]),
+    ("Who is on the left, and are they smiling?", ["image_1"], [("identify", "image_1", None, "left"),
+                                                                ("smile", "image_1", None, "left")]),
+    ("Who is this?", ["image_1"], [("identify", "image_1", None, None)]),
     ("Is this Ada Lovelace?", ["image_1"], [("identify", "image_1", None, None)]),
     ("How old does the person on the right look?", ["image_1"], [("age", "image_1", None, "right")]),
     ("Is face 2 looking up?", ["image_1"], [("pose", "image_1", 2, None)]),
@@ -270,6 +274,27 @@ def test_step_limit():
     r2 = FaceAgent(Scripted(script=[call("detect", image="image_1") for _ in range(10)]),
                    images=[photo("astronaut")], config=AgentConfig(max_steps=2)).ask("Tell me a story.")
     assert r2.stop_reason == "step_limit" and "within 2 steps" in r2.answer
+
+
+def test_model_tools_that_miss_the_question_are_rule_routed():
+    # the model measured head pose for a question about smiles: its answer cannot rest on evidence it lacks
+    model = Scripted(script=[call("pose", image="image_1"), AIMessage(content="The face is poseable.")])
+    r = FaceAgent(model, images=[photo("group")]).ask("Is the person on the left smiling?")
+    assert r.path == "rules" and r.answer_source == "template" and "Face 1 (left)" in r.answer
+    assert [(c.name, c.origin) for c in r.tool_calls] == [("pose", "model"), ("expression", "rules")]
+    assert any("do not measure what the question needs (expression)" in n for n in r.notes)
+    # analyze measures everything per face: a model that called it keeps its own answer
+    model = Scripted(script=[call("analyze", image="image_1", face_id=1),
+                             AIMessage(content="Face 1 is not smiling.")])
+    r = FaceAgent(model, images=[photo("group")]).ask("Is the person on the left smiling?")
+    assert r.path == "model" and r.answer == "Face 1 is not smiling."
+
+
+def test_who_is_on_the_left_without_a_gallery_still_describes_the_face():
+    r = FaceAgent(None, images=[photo("group")]).ask("Who is on the left?")
+    assert "who the person on the left is: no gallery of enrolled people" in r.answer and "Face 1 (left): head" in r.answer
+    assert [c.name for c in r.tool_calls] == ["identify", "analyze"]
+    assert {e.face_id for e in r.evidence} == {1}
 
 
 def test_model_answers_without_tools_is_rule_routed():

@@ -250,16 +250,21 @@ class FaceAgent:
             notes.append("the model's answer was tool markup or JSON, not an answer: discarded")
             final = None
         model_ok = [r for r in records if r.ok and r.origin == "model"]
+        missing = planner.uncovered(plan, {r.name for r in model_ok}) if model_ok else set()
         template: planner.Phrase | None = None
         path: Path_ = "model" if model_ok else "none"
         answer_source = "model"
-        if self.config.fallback and plan.needs_tools and (not model_ok or final is None):
+        if self.config.fallback and plan.needs_tools and (not model_ok or final is None or missing):
             template, rule_records = self._rules(plan, turn)
             records += rule_records
-            if not model_ok:
+            if not model_ok or missing:
                 path = "rules"
                 final, answer_source = template.text, "template"
-                if use_model:
+                if use_model and missing:
+                    # its answer cannot rest on measurements it did not ask for
+                    notes.append(f"the model's tools ({', '.join(sorted({r.name for r in model_ok}))}) do not "
+                                 f"measure what the question needs ({', '.join(sorted(missing))}): rule-routed")
+                elif use_model:
                     notes.append("the model made no valid tool call for a question that needs one: rule-routed")
         if path == "rules" and self.config.phrasing == "model" and self._bound is not None and template is not None:
             t0 = time.perf_counter()

@@ -105,14 +105,20 @@ def route(question: str, image_ids: Sequence[str]) -> Plan:
         if len(ids) == 2:
             return Plan([Intent("verify", Target(target.image, ids[0]), other_image=target.image,
                                 other_face=ids[1])])
-    if is_identity_question(question) or (same and enrolled):
-        return Plan([Intent("identify", target, asked_name=asked_name(question),
-                            yes_no=bool(re.match(r"\s*(is|are|does|do|can)\b", q)))])
     for name, rx in _INTENT_RX.items():
         if re.search(rx, q):
             intents.append(Intent(name, target))
     if any(i.name == "describe" for i in intents):
         intents = [i for i in intents if i.name in ("describe", "count")]
+    if is_identity_question(question) or (same and enrolled):
+        identify = Intent("identify", target, asked_name=asked_name(question),
+                          yes_no=bool(re.match(r"\s*(is|are|does|do|can)\b", q)))
+        others = [i for i in intents if i.name not in ("describe", "count")]
+        if not others and (face_id is not None or side is not None):
+            # "who is on the left?": besides the gallery's answer, say what can be seen of that face, so the
+            # answer is useful when nobody is enrolled
+            others = [Intent("describe", target)]
+        return Plan([identify, *others])
     return Plan(intents)
 
 
@@ -137,6 +143,20 @@ def tool_calls(intent: Intent, num_faces: int | None) -> list[tuple[str, dict]]:
     if intent.name == "identify" and intent.asked_name:
         args["top_k"] = 2
     return [(_TOOL_OF[intent.name], args)]
+
+
+# what ``analyze`` measures in one call (it runs the per-face tools); identify / verify are separate
+_ANALYZE_COVERS = {"detect", "expression", "pose", "attributes", "quality", "landmarks", "parse", "analyze"}
+
+
+def uncovered(plan: Plan, called: set[str]) -> set[str]:
+    """The tools the plan needs that the model's successful calls do not measure."""
+    need = {"verify" if i.name == "verify" else _TOOL_OF[i.name] for i in plan.intents}
+    if "analyze" in called:
+        called = called | _ANALYZE_COVERS
+    if called & _ANALYZE_COVERS:
+        called = called | {"detect"}  # every per-face tool also returns the face count and positions
+    return need - called - {"parse"}  # glasses: no tool measures them, any answer is the template's refusal
 
 
 def resolve_face(target: Target, num_faces: int | None) -> int | None:
@@ -319,7 +339,7 @@ def t_describe(it: Intent, r: dict) -> Phrase:
         if "quality" in f:
             bits.append(f"image quality {f['quality']['score']:.2f}")
         out.append(f"{_where(f, n).capitalize()}: " + ", ".join(bits))
-    head = "" if n <= 1 else f"{n} faces. "
+    head = "" if n <= 1 or len(faces) == 1 else f"{n} faces. "
     return Phrase(head + ". ".join(out) + ". All of these are model estimates.", ev)
 
 
@@ -379,11 +399,15 @@ TEMPLATES: dict[str, Callable[[Intent, dict], Phrase]] = {
 
 def phrase(intent: Intent, tool: str, result: dict) -> Phrase:
     if "error" in result and tool == "identify" and "gallery" in result["error"]:
-        return Phrase("I can't tell who this is: no gallery of enrolled people is set up (enrol people with "
+        t = intent.target
+        who = (f"face {t.face_id}" if t.face_id is not None else f"the person on the {t.side}" if t.side
+               else "this")
+        return Phrase(f"I can't tell who {who} is: no gallery of enrolled people is set up (enrol people with "
                       "`facellm gallery enroll NAME PHOTO`), and I only name people through a gallery match.", [])
     if "error" in result:
         return _err(tool, result)
     return TEMPLATES[intent.name](intent, result)
 
 
-__all__ = ["Intent", "Phrase", "Plan", "Target", "phrase", "route", "tool_calls", "resolve_face", "IDENTITY_RX"]
+__all__ = ["Intent", "Phrase", "Plan", "Target", "phrase", "route", "tool_calls", "resolve_face", "uncovered",
+           "IDENTITY_RX"]

@@ -92,6 +92,8 @@ def _model_responders(args: argparse.Namespace, baselines: list[str]):
         out.append(LocalResponder(model, name=name, identity=ident, with_images=False,
                                   max_new_tokens=args.max_tokens))
     for other in args.compare or []:  # more model folders in the same run, e.g. the untrained initialisation
+        label, sep, path = other.partition("=")
+        label, other = (label, path) if sep and not Path(other).exists() else ("", other)
         if other == "untrained":
             from facellm.default_model import prepare_untrained_model
 
@@ -99,6 +101,7 @@ def _model_responders(args: argparse.Namespace, baselines: list[str]):
         folder = Path(other)
         weights = folder / "model.safetensors"
         other_name = folder.name if folder.name not in ("model", "final") else f"{folder.parent.name}-{folder.name}"
+        other_name = label or other_name
         if not is_trained(folder):
             other_name += " (untrained)"
         out.append(LocalResponder(FaceLLMForConditionalGeneration.from_pretrained(folder), name=other_name,
@@ -151,9 +154,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     who.add_argument("--local", action="store_true", help="run FaceLLM in this process")
     e.add_argument("--model", default=None, metavar="DIR", help="with --local: model folder (default: the default "
                    "model)")
-    e.add_argument("--compare", action="append", default=None, metavar="DIR",
+    e.add_argument("--compare", action="append", default=None, metavar="[NAME=]DIR",
                    help="with --local: another model folder to evaluate in the same run (repeatable; "
-                   "'untrained' = the default architecture's untrained initialisation)")
+                   "'untrained' = the default architecture's untrained initialisation; NAME= sets its name in "
+                   "the report)")
     e.add_argument("--model-name", default=None, help="endpoint: the served model id (default: the first listed); "
                    "local: the name shown in the report")
     e.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "EMPTY"), help=argparse.SUPPRESS)

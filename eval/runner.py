@@ -169,7 +169,7 @@ def run_responder(responder: Responder, items: Sequence[EvalItem], setting: str 
     for it in items:
         hit = cache.get(cache_key(responder, it, setting)) if cache is not None else None
         if hit is not None:
-            results[it.id] = {**hit, "cached": True}
+            results[it.id] = {**hit, "model": responder.name, "cached": True}  # the name may have changed
         else:
             todo.append(it)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{responder.name} [{setting}]",

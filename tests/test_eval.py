@@ -396,6 +396,15 @@ def test_cli_local_model_on_builtin_records(records, tmp_path, capsys):
     assert {r["model"] for r in data_out["items"]} == {"tools-only", "tiny-model", "tiny-model (no image)",
                                                        "other-init"}
     assert {r["kind"] for r in data_out["items"]} == {"mc", "attribute", "open", "tool"}
+    # NAME=DIR names a compared model; the answers come from the cache (its identity is the folder, not the name)
+    rc = main(["eval", "--benchmark", "builtin", "--data", str(data), "--local", "--model", str(model_dir),
+               "--compare", f"second-seed={other_dir}", "--baselines", "none", "--limit", "1", "--max-tokens", "4",
+               "--out", str(out), "-q"])
+    assert rc == 0
+    again = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in again["items"]} == {"tiny-model", "second-seed"}
+    assert [r["answer"] for r in again["items"] if r["model"] == "second-seed"] == \
+        [r["answer"] for r in data_out["items"] if r["model"] == "other-init"]
     assert main(["eval", "--benchmark", "builtin", "--data", str(tmp_path / "empty"), "--local", "--out",
                  str(out)]) == 1
     assert "no data_gen records" in capsys.readouterr().err

@@ -46,7 +46,7 @@ def _stages(run: Path) -> list[dict]:
     return out
 
 
-def model_card(run: Path, eval_dir: Path, recipe: dict) -> str:
+def model_card(run: Path, eval_dir: Path, recipe: dict, extra: str = "") -> str:
     stages = _stages(run)
     summary = (eval_dir / "summary.md").read_text() if (eval_dir / "summary.md").is_file() else "(no evaluation)"
     lines = ["# FaceLLM default model", "",
@@ -72,12 +72,13 @@ def model_card(run: Path, eval_dir: Path, recipe: dict) -> str:
               "facellm data generate --source offline --out ~/.cache/facellm/data/offline",
               "facellm train --recipe default --out runs/default",
               "facellm eval --benchmark builtin --data ~/.cache/facellm/data/offline --local --model runs/default/model \\",
-              "    --model-name facellm-default-trained --compare untrained --limit 5 --max-tokens 64 --out runs/eval-default",
-              "python bench/tool_calls.py runs/default/model --n 20",
+              "    --model-name facellm-default-trained --compare untrained --limit 20 --max-tokens 64 --out runs/eval-default",
+              "python bench/tool_calls.py runs/default/model --n 20 [--free]",
               "python -m facellm.train.ship runs/default runs/eval-default",
               "```", "",
               "## Held-out evaluation (`facellm eval`, built-in benchmark: the data's test split, photo-disjoint "
               "from training)", "", summary.split("\n", 1)[1].strip(), "",
+              *([extra.strip(), ""] if extra.strip() else []),
               "## Limits", "",
               "- Trained on augmented copies of a handful of real photos that ship in packages: it has seen very "
               "few people, and its held-out split holds few identities. Treat it as a working default that shows "
@@ -87,7 +88,7 @@ def model_card(run: Path, eval_dir: Path, recipe: dict) -> str:
     return "\n".join(lines)
 
 
-def ship(run: str | Path, eval_dir: str | Path, dest: str | Path = DEST) -> Path:
+def ship(run: str | Path, eval_dir: str | Path, dest: str | Path = DEST, extra: str = "") -> Path:
     run, eval_dir, dest = Path(run).expanduser(), Path(eval_dir).expanduser(), Path(dest)
     model = (run / "model").resolve()
     if not (model / "config.json").is_file():
@@ -104,7 +105,9 @@ def ship(run: str | Path, eval_dir: str | Path, dest: str | Path = DEST) -> Path
         cfg["base_model_name_or_path"] = json.loads((tmp / "config.json").read_text())["lm_name_or_path"]
         adapter.write_text(json.dumps(cfg, indent=2))
     recipe = json.loads((run / "recipe.json").read_text())
-    (tmp / "MODEL_CARD.md").write_text(model_card(run, eval_dir, recipe))
+    (tmp / "MODEL_CARD.md").write_text(model_card(run, eval_dir, recipe, extra))
+    if (eval_dir / "plots").is_dir():  # the card's summary links them
+        shutil.copytree(eval_dir / "plots", tmp / "plots")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
@@ -115,9 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("run")
     ap.add_argument("eval_dir")
     ap.add_argument("--dest", default=str(DEST))
+    ap.add_argument("--extra", action="append", default=[], metavar="MD",
+                    help="a Markdown file of further sections for the card (tool-call rates, reproduction runs)")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
-    print(f"shipped to {ship(args.run, args.eval_dir, args.dest)}")
+    extra = "\n\n".join(Path(f).read_text() for f in args.extra)
+    print(f"shipped to {ship(args.run, args.eval_dir, args.dest, extra)}")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .engines import Delta, Engine, EngineError
 from .images import ImageRefused
@@ -33,6 +33,8 @@ from .output import OutputTracker
 from .prompt import BadRequest, prepare, sampling
 from .protocol import ChatCompletionRequest
 from .settings import ServeSettings
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class APIError(Exception):
@@ -43,6 +45,22 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": None,
                                        "code": self.code}}, status_code=self.status)
+
+
+async def read_body(request: Request, model: type[M], max_bytes: int) -> M:
+    """The request's JSON body as ``model``: 413 past ``max_bytes``, 400 naming the first invalid field."""
+    body = b""
+    async for chunk in request.stream():  # chunked uploads have no content-length: count as we read
+        body += chunk
+        if len(body) > max_bytes:
+            raise APIError(413, f"the request is larger than the server's limit of {max_bytes} bytes",
+                           code="request_too_large")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise APIError(400, f"invalid request: {where}: {first.get('msg')}") from None
 
 
 class Metrics:
@@ -153,25 +171,11 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, *, start_e
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
                                             "owned_by": "facellm", "root": str(engine.model_dir)}]}
 
-    async def _read_request(request: Request) -> ChatCompletionRequest:
-        body = b""
-        async for chunk in request.stream():  # chunked uploads have no content-length: count as we read
-            body += chunk
-            if len(body) > settings.max_request_bytes:
-                raise APIError(413, f"the request is larger than the server's limit of {settings.max_request_bytes}"
-                                    " bytes", code="request_too_large")
-        try:
-            return ChatCompletionRequest.model_validate_json(body)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(x) for x in first.get("loc", ()))
-            raise APIError(400, f"invalid request: {where}: {first.get('msg')}") from None
-
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         status = "200"
         try:
-            req = await _read_request(request)
+            req = await read_body(request, ChatCompletionRequest, settings.max_request_bytes)
             if req.model not in (None, settings.model_name):
                 raise APIError(404, f"model {req.model!r} is not served here; this server serves "
                                     f"{settings.model_name!r}", code="model_not_found")

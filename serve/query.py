@@ -33,7 +33,7 @@ from typing import Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .images import ImageRefused, resolve_image
 from .settings import ServeSettings
@@ -301,7 +301,7 @@ def _pieces(text: str) -> list[str]:
 
 def query_router(app) -> APIRouter:
     """The /v1/faces/query route; uses ``app.state`` (engine, settings, admission) and APIError of api.py."""
-    from .api import APIError
+    from .api import APIError, read_body
 
     router = APIRouter()
     settings: ServeSettings = app.state.settings
@@ -318,20 +318,6 @@ def query_router(app) -> APIRouter:
     service = QueryService(app.state.engine, settings)
     app.state.query = service
 
-    async def read(request: Request) -> QueryRequest:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_request_bytes:
-                raise APIError(413, f"the request is larger than the server's limit of {settings.max_request_bytes}"
-                                    " bytes", code="request_too_large")
-        try:
-            return QueryRequest.model_validate_json(body)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(x) for x in first.get("loc", ()))
-            raise APIError(400, f"invalid request: {where}: {first.get('msg')}") from None
-
     def decode(refs: list[str]) -> list[Any]:
         if len(refs) > settings.max_images:
             raise ImageRefused(f"at most {settings.max_images} images per request")
@@ -346,7 +332,7 @@ def query_router(app) -> APIRouter:
                      "schema": {"$ref": "#/components/schemas/QueryRequest"}}}}})
     async def faces_query(request: Request):
         try:
-            req = await read(request)
+            req = await read_body(request, QueryRequest, settings.max_request_bytes)
             loop = asyncio.get_running_loop()
             try:
                 images = await loop.run_in_executor(None, decode, req.images)

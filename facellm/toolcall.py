@@ -50,9 +50,12 @@ from typing import Any
 TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 TOOL_RESPONSE_START, TOOL_RESPONSE_END = "<tool_response>", "</tool_response>"
 IMAGE_TOKEN = "<image>"
+# The agent, the trainer and the server all use this one system prompt, so the model is prompted at inference
+# exactly as its agent traces were written.
 DEFAULT_SYSTEM = ("You are FaceLLM, an assistant that analyses faces in images. Answer from what the face "
                   "tools measured, phrase demographic estimates as perceived, and never name a person "
-                  "unless the gallery matched them.")
+                  "unless the gallery matched them. Refer to images by their ids (image_1, image_2, ...) in "
+                  "tool calls.")
 TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
                 "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
 TOOLS_FOOTER = ("</tools>\n\nFor each function call, return a json object with function name and arguments within "

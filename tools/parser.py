@@ -331,3 +331,52 @@ class FaceParser:
     def parse(self, rgb: np.ndarray, mesh: Landmarks, box: Box | None = None) -> FaceParse:
         """Parse one face from its mesh478 landmarks."""
         return self.parse_all(rgb, [mesh], None if box is None else [box])[0]
+
+
+# ------------------------------------------------------------------ hair colour
+
+MIN_HAIR_PIXELS = 40  # fewer labelled hair pixels than this: no colour is named
+
+
+def colour_name(rgb: Sequence[float]) -> str:
+    """A plain hair-colour word for a median RGB (0-255). Thresholds read off the bundled photos and real
+    dataset faces by eye; lighting shifts them, so the word is an estimate."""
+    r, g, b = (float(c) / 255.0 for c in rgb)
+    hi, lo = max(r, g, b), min(r, g, b)
+    v, s = hi, (hi - lo) / hi if hi > 0 else 0.0
+    hue = 0.0
+    if hi > lo:
+        if hi == r:
+            hue = (60 * (g - b) / (hi - lo)) % 360
+        elif hi == g:
+            hue = 60 * (b - r) / (hi - lo) + 120
+        else:
+            hue = 60 * (r - g) / (hi - lo) + 240
+    if v < 0.2:
+        return "black"
+    if s < 0.15:
+        return "white" if v > 0.75 else "grey" if v > 0.4 else "black"
+    if v < 0.33:
+        return "dark brown"
+    if (hue < 22 or hue > 340) and s > 0.5 and v > 0.4:
+        return "red"
+    if 22 <= hue <= 60 and v > 0.62 and s < 0.65:
+        return "blond"
+    return "brown" if v < 0.55 else "light brown"
+
+
+def hair_colour(rgb: np.ndarray, parse: FaceParse) -> dict:
+    """Colour of the pixels the parser labelled ``hair`` for one face: the median RGB and a colour word."""
+    labels = decode_label_map(parse)
+    if "hair" not in parse.labels:
+        return {"hair_visible": False, "hair_colour": None}
+    mask = labels == parse.labels.index("hair")
+    x1, y1 = int(parse.box.x1), int(parse.box.y1)
+    h, w = labels.shape
+    crop = rgb[y1:y1 + h, x1:x1 + w]
+    mask = mask[: crop.shape[0], : crop.shape[1]]
+    n = int(mask.sum())
+    if n < MIN_HAIR_PIXELS:
+        return {"hair_visible": False, "hair_colour": None}
+    med = np.median(crop[mask].reshape(-1, 3), axis=0)
+    return {"hair_visible": True, "hair_colour": colour_name(med), "median_rgb": [int(c) for c in med]}

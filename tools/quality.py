@@ -201,3 +201,65 @@ def assess_quality(
         pose_extremity=round(extremity, 3), occlusion=round(occlusion, 3), score=round(float(score), 3),
         usable=not reasons, reasons=reasons,
     )
+
+
+# ------------------------------------------------------------------ passport / ID photo checklist
+
+# Limits modelled on the ICAO 9303 photo guidance, relaxed for what landmarks and pixels can measure here.
+PASSPORT_MAX_YAW, PASSPORT_MAX_PITCH, PASSPORT_MAX_ROLL = 10.0, 12.0, 8.0  # degrees
+PASSPORT_FACE_HEIGHT = (0.30, 0.85)  # face box height / image height
+PASSPORT_MAX_OFFCENTRE = 0.15  # |face centre x - image centre x| / image width
+PASSPORT_MAX_LIGHT_RATIO = 1.35  # brighter / darker half of the face (mean luminance)
+PASSPORT_MIN_SHARPNESS = 0.5
+
+
+def side_light_ratio(rgb: np.ndarray, box: Box) -> float:
+    """Mean luminance of the brighter half of the face box over the darker half (1.0 = even)."""
+    crop, _, _ = _crop(rgb, box)
+    if crop.size == 0:
+        return 1.0
+    gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    h, w = gray.shape
+    inner = gray[h // 5: h - h // 10, w // 8: w - w // 8]  # cheeks and eyes; less hair and background
+    if inner.size == 0 or inner.shape[1] < 2:
+        return 1.0
+    half = inner.shape[1] // 2
+    a, b = float(inner[:, :half].mean()) + 1.0, float(inner[:, half:].mean()) + 1.0
+    return max(a, b) / min(a, b)
+
+
+def passport_checklist(faces: list, width: int, height: int, rgb: np.ndarray) -> dict:
+    """Each item of an ID-photo check with its measurement, limit and verdict (``faces``: schema ``Face``s)."""
+    items: list[dict] = [{"check": "one face", "measured": len(faces), "limit": "exactly 1", "ok": len(faces) == 1}]
+    if len(faces) == 1:
+        f = faces[0]
+        if f.pose is not None:
+            p = f.pose
+            ok = abs(p.yaw) <= PASSPORT_MAX_YAW and abs(p.pitch) <= PASSPORT_MAX_PITCH and abs(p.roll) <= PASSPORT_MAX_ROLL
+            items.append({"check": "frontal head", "measured": f"yaw {p.yaw:+.0f}, pitch {p.pitch:+.0f}, roll {p.roll:+.0f} deg",
+                          "limit": f"|yaw|<={PASSPORT_MAX_YAW:.0f}, |pitch|<={PASSPORT_MAX_PITCH:.0f}, "
+                                   f"|roll|<={PASSPORT_MAX_ROLL:.0f}", "ok": ok})
+        if f.cues is not None:
+            c = f.cues
+            closed = max(c.right_eye_closed.score, c.left_eye_closed.score)
+            items.append({"check": "eyes open", "measured": f"eye-closed score {closed:.2f}", "limit": "< 0.5",
+                          "ok": closed < 0.5})
+            neutral = not c.smile.active and not c.mouth_open.active
+            items.append({"check": "neutral expression", "measured": f"smile {c.smile.score:.2f}, mouth open "
+                          f"{c.mouth_open.score:.2f}", "limit": "both < 0.5", "ok": neutral})
+        ratio = side_light_ratio(rgb, f.box)
+        items.append({"check": "even lighting", "measured": f"left/right brightness ratio {ratio:.2f}",
+                      "limit": f"<= {PASSPORT_MAX_LIGHT_RATIO}", "ok": ratio <= PASSPORT_MAX_LIGHT_RATIO})
+        share = f.box.height / max(height, 1)
+        lo, hi = PASSPORT_FACE_HEIGHT
+        items.append({"check": "face size", "measured": f"face height {100 * share:.0f}% of the image",
+                      "limit": f"{100 * lo:.0f}-{100 * hi:.0f}%", "ok": lo <= share <= hi})
+        off = abs(f.box.center[0] - width / 2) / max(width, 1)
+        items.append({"check": "face centred", "measured": f"{100 * off:.0f}% of the width off centre",
+                      "limit": f"<= {100 * PASSPORT_MAX_OFFCENTRE:.0f}%", "ok": off <= PASSPORT_MAX_OFFCENTRE})
+        if f.quality is not None:
+            items.append({"check": "sharp", "measured": f"sharpness {f.quality.blur:.2f}",
+                          "limit": f">= {PASSPORT_MIN_SHARPNESS}", "ok": f.quality.blur >= PASSPORT_MIN_SHARPNESS})
+    failed = [i["check"] for i in items if not i["ok"]]
+    return {"suitable": not failed, "failed": failed, "checks": items,
+            "not_measured": "background colour, glasses glare and head covering are not checked"}

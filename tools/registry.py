@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -123,6 +123,9 @@ class _Args(BaseModel):
 
 ImageId = Field(description='id of an image in the conversation, e.g. "image_1"', min_length=1, max_length=64)
 FaceId = Field(default=None, ge=1, description="face number (1 = leftmost face); omit for every face")
+Position = Literal["left", "right", "centre", "top", "bottom", "top left", "top right", "bottom left", "bottom right",
+                   "largest", "smallest"]
+PositionArg = Field(default=None, description="pick one face by where it is (instead of face_id)")
 
 
 class DetectArgs(_Args):
@@ -133,6 +136,17 @@ class DetectArgs(_Args):
 class FaceArgs(_Args):
     image: str = ImageId
     face_id: int | None = FaceId
+    position: Position | None = PositionArg
+
+
+class RankArgs(_Args):
+    image: str = ImageId
+    by: Literal["age", "smile", "eyes_open", "face_size", "looking_at_camera"] = Field(
+        description="what to order the faces by, highest first")
+
+
+class ImageArgs(_Args):
+    image: str = ImageId
 
 
 class VerifyArgs(_Args):
@@ -146,6 +160,7 @@ class VerifyArgs(_Args):
 class IdentifyArgs(_Args):
     image: str = ImageId
     face_id: int | None = FaceId
+    position: Position | None = PositionArg
     top_k: int = Field(default=1, ge=1, le=5, description="how many nearest enrolled people to list")
 
 
@@ -156,18 +171,49 @@ def _r(x: float, nd: int = 2) -> float:
     return round(float(x), nd)
 
 
-def position_words(face: Face, width: int, height: int) -> str:
-    """Where the face is in the frame, in plain words (thirds of the image)."""
-    cx, cy = face.box.center
-    h = "left" if cx < width / 3 else ("right" if cx > 2 * width / 3 else "centre")
-    v = "top" if cy < height / 3 else ("bottom" if cy > 2 * height / 3 else "middle")
-    return h if v == "middle" else f"{v} {h}" if h != "centre" else v
+_ORDINAL_WORDS = ("second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+
+
+def position_words(face: Face, width: int, height: int, faces: Sequence[Face] | None = None) -> str:
+    """Where the face is, in plain words, the one wording the tools, the agent and the CLI show.
+
+    Alone (or without ``faces``): by thirds of the frame ("top left", "centre"). Among several ``faces``: by its
+    place from the left, so no two faces of a photo share a word (thirds named two faces "centre"): "left" is the
+    leftmost face (as the agent's "on the left" and ``position="left"`` mean), "right" the rightmost, "centre" the
+    middle one of an odd count, the others "second from the left", "third from the right", ...
+    """
+    others = [f for f in (faces or ()) if f.id != face.id]
+    if not others:
+        cx, cy = face.box.center
+        h = "left" if cx < width / 3 else ("right" if cx > 2 * width / 3 else "centre")
+        v = "top" if cy < height / 3 else ("bottom" if cy > 2 * height / 3 else "middle")
+        return h if v == "middle" else f"{v} {h}" if h != "centre" else v
+    row = sorted([face, *others], key=lambda f: (f.box.center[0], f.id))
+    i, n = row.index(face), len(row)
+    from_right = n - 1 - i
+    if i == 0:
+        return "left"
+    if from_right == 0:
+        return "right"
+    if i == from_right:
+        return "centre"
+    k, side = (i, "left") if i < from_right else (from_right, "right")
+    word = _ORDINAL_WORDS[k - 1] if k <= len(_ORDINAL_WORDS) else f"{k + 1}th"
+    return f"{word} from the {side}"
+
+
+def age_range_words(low: float, high: float) -> str | None:
+    """The age model's likely range as text ("27-32 years"), or None when it is a single year (the model put
+    most of its weight on one age): "range 28-28 years" reads as a bug."""
+    lo, hi = round(low), round(high)
+    return f"{lo}-{hi} years" if hi > lo else None
 
 
 def face_base(face: Face, fa: FaceAnalysis) -> dict:
     b = face.box
     return {"face_id": face.id, "box": [round(b.x1), round(b.y1), round(b.x2), round(b.y2)],
-            "position": position_words(face, fa.image.width, fa.image.height), "detector_score": _r(face.score)}
+            "position": position_words(face, fa.image.width, fa.image.height, fa.faces),
+            "detector_score": _r(face.score)}
 
 
 def pose_summary(face: Face) -> dict | None:
@@ -242,7 +288,29 @@ def landmarks_summary(face: Face) -> dict:
 # ------------------------------------------------------------------ runners
 
 
-def _faces(fa: FaceAnalysis, face_id: int | None) -> list[Face]:
+def _by_position(fa: FaceAnalysis, position: str) -> Face:
+    """The one face that best fits a place in the frame (image coordinates, x right, y down)."""
+    w, h = max(fa.image.width, 1), max(fa.image.height, 1)
+
+    def xy(f: Face) -> tuple[float, float]:
+        cx, cy = f.box.center
+        return cx / w, cy / h
+
+    key = {"left": lambda f: xy(f)[0], "right": lambda f: -xy(f)[0], "top": lambda f: xy(f)[1],
+           "bottom": lambda f: -xy(f)[1], "centre": lambda f: abs(xy(f)[0] - 0.5) + abs(xy(f)[1] - 0.5),
+           "top left": lambda f: xy(f)[0] + xy(f)[1], "top right": lambda f: xy(f)[1] - xy(f)[0],
+           "bottom left": lambda f: xy(f)[0] - xy(f)[1], "bottom right": lambda f: -(xy(f)[0] + xy(f)[1]),
+           "largest": lambda f: -f.box.area, "smallest": lambda f: f.box.area}[position]
+    return min(fa.faces, key=key)
+
+
+def _faces(fa: FaceAnalysis, face_id: int | None, position: str | None = None) -> list[Face]:
+    if face_id is not None and position is not None:
+        raise ToolError("give either face_id or position, not both")
+    if position is not None:
+        if not fa.faces:
+            raise ToolError("no face was found in this image")
+        return [_by_position(fa, position)]
     if face_id is None:
         return list(fa.faces)
     if not fa.faces:
@@ -258,7 +326,7 @@ def _per_face(steps: tuple[str, ...], summarise: Callable[[Face], dict | None], 
     def run(args: FaceArgs, store: ImageStore) -> dict:
         fa = store.analysis(args.image, steps)
         faces = []
-        for f in _faces(fa, args.face_id):
+        for f in _faces(fa, args.face_id, args.position):
             s = summarise(f)
             faces.append({**face_base(f, fa), **({key: s} if key else (s or {}))})
         return _hoist_sources({"image": args.image, "num_faces": fa.num_faces, "faces": faces})
@@ -330,7 +398,7 @@ def _run_verify(args: VerifyArgs, store: ImageStore) -> dict:
 def _run_identify(args: IdentifyArgs, store: ImageStore) -> dict:
     gallery = store.gallery
     fa = store.analysis(args.image, ())
-    faces = _faces(fa, args.face_id)
+    faces = _faces(fa, args.face_id, args.position)
     out = []
     for f in faces:
         res = gallery.identify(_embedding(store, args.image, f), top_k=args.top_k)
@@ -341,6 +409,90 @@ def _run_identify(args: IdentifyArgs, store: ImageStore) -> dict:
                     "source": res.source, "kind": ESTIMATE})
     return {"image": args.image, "num_faces": fa.num_faces, "faces": out,
             "note": "names come only from the enrolled gallery; 'unknown' means no enrolled person matched"}
+
+
+# ------------------------------------------------------------------ composite tools for common asks
+
+# Looking at the camera: the eyes' direction is the head's yaw plus the iris offset (eye half-widths) times
+# about 40 degrees; within these limits the person counts as looking at the camera.
+GAZE_DEG_PER_OFFSET, LOOK_MAX_DEG, LOOK_MAX_PITCH = 40.0, 15.0, 20.0
+
+
+def gaze_summary(face: Face) -> dict | None:
+    p, c = face.pose, face.cues
+    if p is None:
+        return None
+    has_iris = c is not None and not c.gaze_direction.startswith("unknown")
+    eyes_deg = GAZE_DEG_PER_OFFSET * c.gaze[0] if has_iris else 0.0
+    horizontal = p.yaw + eyes_deg
+    looking = abs(horizontal) <= LOOK_MAX_DEG and abs(p.pitch) <= LOOK_MAX_PITCH
+    out = {"looking_at_camera": looking, "head": p.direction, "yaw": _r(p.yaw, 0), "pitch": _r(p.pitch, 0),
+           "eyes": c.gaze_direction if c is not None else "unknown", "kind": ESTIMATE}
+    if has_iris:
+        out["gaze_yaw"] = _r(horizontal, 0)
+    return out
+
+
+def _eyes_open(face: Face) -> float | None:
+    c = face.cues
+    return None if c is None else _r(1.0 - max(c.right_eye_closed.score, c.left_eye_closed.score))
+
+
+def _rank_value(face: Face, by: str) -> float | None:
+    if by == "age":
+        a = face.attributes
+        return None if a is None or a.perceived_age is None else _r(a.perceived_age.value, 0)
+    if by == "smile":
+        return None if face.cues is None else _r(face.cues.smile.score)
+    if by == "eyes_open":
+        return _eyes_open(face)
+    if by == "face_size":
+        return _r(face.box.height, 0)
+    g = gaze_summary(face)  # looking_at_camera: the smaller the gaze angle, the higher
+    return None if g is None else _r(-abs(g.get("gaze_yaw", g["yaw"])), 0)
+
+
+_RANK_STEPS = {"age": ("attributes",), "smile": ("cues",), "eyes_open": ("cues",), "face_size": (),
+               "looking_at_camera": ("pose", "cues")}
+
+
+def _run_rank(args: RankArgs, store: ImageStore) -> dict:
+    fa = store.analysis(args.image, _RANK_STEPS[args.by])
+    rows = []
+    for f in fa.faces:
+        v = _rank_value(f, args.by)
+        if v is not None:
+            rows.append({"face_id": f.id, "position": position_words(f, fa.image.width, fa.image.height, fa.faces),
+                         "value": v})
+    rows.sort(key=lambda r: -r["value"])
+    out: dict[str, Any] = {"image": args.image, "num_faces": fa.num_faces, "by": args.by, "order": rows}
+    if rows:
+        out["highest"], out["lowest"] = rows[0]["face_id"], rows[-1]["face_id"]
+    if args.by == "age":
+        out["kind"] = ESTIMATE
+    return out
+
+
+def _run_passport(args: ImageArgs, store: ImageStore) -> dict:
+    from .quality import passport_checklist
+
+    fa = store.analysis(args.image, ("pose", "cues", "quality"))
+    img = store.loaded(args.image)
+    return {"image": args.image, "num_faces": fa.num_faces,
+            **passport_checklist(list(fa.faces), fa.image.width, fa.image.height, img.rgb)}
+
+
+def _hair_runner(args: FaceArgs, store: ImageStore) -> dict:
+    from .parser import hair_colour
+
+    fa = store.analysis(args.image, ("parse",))
+    rgb = store.loaded(args.image).rgb
+    faces = []
+    for f in _faces(fa, args.face_id, args.position):
+        hc = hair_colour(rgb, f.parse) if f.parse is not None else {"hair_visible": False, "hair_colour": None}
+        faces.append({**face_base(f, fa), **hc})
+    return {"image": args.image, "num_faces": fa.num_faces, "faces": faces, "kind": ESTIMATE,
+            "note": "hats and headscarves count as hair; lighting shifts the colour"}
 
 
 # ------------------------------------------------------------------ the registry
@@ -436,6 +588,18 @@ _TOOLS = (
     ToolSpec("identify", "Match faces against the gallery of enrolled people. Returns the enrolled name when a "
              "face matches someone within the threshold, otherwise 'unknown'. The only way to name anyone.",
              IdentifyArgs, _run_identify),
+    ToolSpec("gaze", "Whether each face looks at the camera: head yaw and pitch plus the eyes' direction, "
+             "combined into looking_at_camera (true/false).",
+             FaceArgs, _per_face(("pose", "cues"), gaze_summary, "gaze")),
+    ToolSpec("rank", "Order the faces of an image by perceived age, smile, eyes open, face size or looking at the "
+             "camera, highest first: for oldest / youngest / most smiling / who looks at the camera.",
+             RankArgs, _run_rank),
+    ToolSpec("passport", "Passport / ID photo checklist: one face, frontal head, eyes open, neutral expression, "
+             "even lighting, face size and centring, sharpness; each with its measurement and verdict.",
+             ImageArgs, _run_passport),
+    ToolSpec("hair", "Hair colour of each face from the parser's hair region (black, brown, blond, red, grey, "
+             "white, ...), or that no hair is visible.",
+             FaceArgs, _hair_runner),
     ToolSpec("analyze", "Everything at once for each face: pose, expression and cues, perceived age and gender, "
              "quality and visible regions. Use it when a question needs several of these.",
              FaceArgs, _per_face(DEFAULT_STEPS, _analyze_face)),
@@ -444,7 +608,7 @@ _TOOLS = (
 REGISTRY: dict[str, ToolSpec] = {t.name: t for t in _TOOLS}
 TOOL_NAMES: tuple[str, ...] = tuple(REGISTRY)
 ToolName = Literal["detect", "landmarks", "parse", "pose", "attributes", "expression", "quality", "verify",
-                   "identify", "analyze"]
+                   "identify", "gaze", "rank", "passport", "hair", "analyze"]
 
 
 def get_tool(name: str) -> ToolSpec:
@@ -467,3 +631,38 @@ def run_tool(name: str, arguments: Mapping[str, Any] | str | None, store: ImageS
 def result_json(result: Any) -> str:
     """The compact JSON text a tool result is shown to the model as (one line, no spaces)."""
     return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+
+
+# What the model sees of a result: only what an answer needs (short observations = short prompts = fast
+# steps on a CPU). The full result stays with the caller for evidence and grounding.
+_OBS_DROP = frozenset({"box", "source", "sources", "kind", "detector_score", "image_size", "note", "top3",
+                       "threshold", "median_rgb", "exposure", "occlusion", "pose_extremity", "inter_ocular_px",
+                       "image", "image_a", "image_b", "distance"})
+
+
+def _obs(node: Any, key: str | None = None) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"active", "score"}:  # a cue: its score (>= 0.5 means present)
+            return node["score"]
+        if key == "perceived_age":
+            return {"value": node.get("value"), "range": node.get("range")}
+        out = {}
+        for k, v in node.items():
+            if k in _OBS_DROP or (k == "matches" and isinstance(v, list) and len(v) <= 1):
+                continue
+            out[k] = _obs(v, k)
+        return out
+    if isinstance(node, list):
+        return [_obs(v, key) for v in node]
+    if isinstance(node, float) and key in ("yaw", "pitch", "roll"):
+        return round(node)
+    return node
+
+
+def observation(result: Any) -> Any:
+    """The compact view of a tool result (or error) that goes back to the model as the tool turn."""
+    return _obs(result)
+
+
+def observation_json(result: Any) -> str:
+    return result_json(observation(result))

@@ -58,7 +58,7 @@ class AgentConfig:
     # if it has not started a <tool_call> (a weak model's stray text costs seconds per token batch on a CPU)
     tool_probe_tokens: int | None = 16
     send_images: bool | None = None  # image parts to the model; None: only to FaceLLM (it has a vision tower)
-    system_prompt: str = DEFAULT_SYSTEM + " " + policy.POLICY_PROMPT
+    system_prompt: str = DEFAULT_SYSTEM  # the prompt the agent traces were trained with (policy included)
 
 
 @dataclass
@@ -365,9 +365,9 @@ def _extra_tool(spec: ToolSpec) -> dict:
 
 
 def _observation(rec: ToolCallRecord) -> str:
-    from facellm.tools.registry import result_json
+    from facellm.tools.registry import observation_json
 
-    return result_json(rec.result if rec.ok else {"error": rec.error})
+    return observation_json(rec.result if rec.ok else {"error": rec.error})
 
 
 def _json_str(s: str) -> str:

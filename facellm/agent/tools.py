@@ -18,7 +18,7 @@ from typing import Any
 
 from langchain_core.tools import StructuredTool, ToolException
 
-from facellm.tools.registry import REGISTRY, ImageStore, ToolError, ToolSpec, result_json
+from facellm.tools.registry import REGISTRY, ImageStore, ToolError, ToolSpec, observation_json
 
 DEFAULT_TIMEOUT_S = 60.0  # the first call on an image loads the face models (a few seconds when cold)
 
@@ -41,7 +41,7 @@ class ToolOutcome:
 
     def observation(self) -> str:
         """What the model reads back: the compact result JSON, or ``{"error": ...}``."""
-        return result_json(self.result if self.ok else {"error": self.error})
+        return observation_json(self.result if self.ok else {"error": self.error})
 
 
 class ToolRunner:

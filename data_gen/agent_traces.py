@@ -257,7 +257,7 @@ def _age_answer(f: dict, who: str, rng: random.Random, question: str) -> str:
     if a is None:
         return f"The age model gave no estimate for {who.lower()}."
     lo, hi = a["range"]
-    span = f"{lo}-{hi}" if hi > lo else f"about {lo}"
+    span = f", range {lo}-{hi}" if hi > lo else ""
     v = a["value"]
     q = question.lower()
     extra = ""
@@ -269,7 +269,7 @@ def _age_answer(f: dict, who: str, rng: random.Random, question: str) -> str:
         extra = f" So {'yes' if 13 <= v < 20 else 'no'}, by that estimate. "
     elif "young or old" in q:
         extra = f" That reads as {'young' if v < 35 else 'middle-aged' if v < 60 else 'older'}. "
-    return (f"{who} looks about {v} years old (perceived age estimate, range {span}).{extra}"
+    return (f"{who} looks about {v} years old (perceived age estimate{span}).{extra}"
             " Apparent age can differ from real age.").replace("  ", " ")
 
 
@@ -280,7 +280,9 @@ def _child_answer(f: dict, who: str) -> str:
     v = a["value"]
     verdict = "looks like a child" if v < 13 else "looks like a teenager" if v < 18 else "looks like an adult"
     yes = "Yes" if v < 13 else "No"
-    return f"{yes}: {who.lower()} {verdict}, perceived age about {v} (estimate, range {a['range'][0]}-{a['range'][1]})."
+    lo, hi = a["range"]
+    span = f", range {lo}-{hi}" if hi > lo else ""
+    return f"{yes}: {who[:1].lower() + who[1:]} {verdict}, perceived age about {v} (estimate{span})."
 
 
 def _gender_answer(f: dict, who: str) -> str:
@@ -607,8 +609,8 @@ def sc_same_person(tr: Trace, ctx: dict) -> list[Turn] | None:
         return tr.answer(f"I couldn't compare them: {r['error']}.")
     tr.cite("verify", None, r["same_person"])
     verdict = "Yes, they look like the same person" if r["same_person"] else "No, they look like different people"
-    return tr.answer(f"{verdict}: face similarity {r['similarity']:.2f} (the match threshold is distance "
-                     f"{r['threshold']:.2f}; this pair is at {r['distance']:.2f}). This is a model comparison, not proof.")
+    return tr.answer(f"{verdict}: face similarity {r['similarity']:.2f}, and the face-descriptor comparison says "
+                     f"{'same' if r['same_person'] else 'different'} person. This is a model comparison, not proof.")
 
 
 def sc_same_in_image(tr: Trace, ctx: dict) -> list[Turn] | None:
@@ -629,7 +631,7 @@ def sc_same_in_image(tr: Trace, ctx: dict) -> list[Turn] | None:
     tr.cite("verify", None, r["same_person"])
     verdict = "the same person" if r["same_person"] else "different people"
     return tr.answer(f"Face {a.face_id} and face {b.face_id} look like {verdict}: similarity {r['similarity']:.2f} "
-                     f"(distance {r['distance']:.2f} against a threshold of {r['threshold']:.2f}).")
+                     "(face-descriptor comparison, a model estimate).")
 
 
 def sc_who(tr: Trace, ctx: dict) -> list[Turn] | None:

@@ -155,11 +155,62 @@ def extract_age(text: str | None) -> float | None:
     return None
 
 
+_YES_NO = {"yes": "yes", "no": "no", "same": "yes", "different": "no", "not the same": "no",
+           "the same person": "yes", "different people": "no", "different persons": "no"}
+_NUMBER_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+
+
+def extract_count(text: str | None) -> int | None:
+    """A count of faces: the first number, in digits or as a word ("three")."""
+    if not text:
+        return None
+    m = re.search(r"\b(\d{1,3})\b|\b(" + "|".join(_NUMBER_WORDS) + r")\b", text.lower())
+    if m is None:
+        return None
+    return int(m.group(1)) if m.group(1) else _NUMBER_WORDS[m.group(2)]
+
+
+def extract_yes_no(text: str | None) -> str | None:
+    """"yes" / "no" from a reply (the first yes/no or same/different said without a negation before it)."""
+    if not text:
+        return None
+    low = text.lower()
+    if re.search(r"\bnot\s+the\s+same\b", low):
+        return "no"
+    return _first_word_match(low, _YES_NO)
+
+
+# a reply in the asked form: the short answer alone (a closing period and "years" for an age are fine)
+_FORM_PATTERNS = {
+    "number": re.compile(r"(?:about |around |approximately |roughly )?\d{1,3}(?:\.\d+)?"
+                         r"(?:\s*(?:years?(?: old)?|y|faces?|people|persons?))?\.?", re.I),
+    "yes_no": re.compile(r"(?:yes|no)\.?", re.I),
+    "letter": re.compile(r"[\(\[]?[A-Z](?:[\)\]\.:]+(?:\s+\S.{0,80})?)?", re.S),
+    "word": re.compile(r"[A-Za-z][A-Za-z-]*(?:\s[A-Za-z][A-Za-z-]*)?\.?"),
+}
+
+
+def in_form(text: str | None, form: str | None) -> bool | None:
+    """Whether a reply is in the form the question asked for (None: the question asked for no form)."""
+    if form is None or form == "free":
+        return None
+    reply = (text or "").strip()
+    if not reply:
+        return False
+    if form == "letter":  # "B", "(B)", "B. Yes" (the letter first, then at most the option's text)
+        return bool(_FORM_PATTERNS["letter"].fullmatch(reply)) and len(reply.split()) <= 12
+    return bool(_FORM_PATTERNS[form].fullmatch(reply))
+
+
 def extract_attribute(text: str | None, attribute: str) -> str | float | None:
     if not text:
         return None
     if (j := _json_answer(text)) is not None:
         text = j
+    if attribute == "count":
+        return extract_count(text)
+    if attribute == "same_person":
+        return extract_yes_no(text)
     if attribute == "expression":
         return _first_word_match(text, _EXPRESSION_WORDS)
     if attribute == "gender":

@@ -9,10 +9,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .evaluate import BASELINES
-from .facexbench import SETTINGS
+from .facexbench import SETTINGS, FaceXBenchWarning
 
 
 def _csv(choices: tuple[str, ...], allow_none: bool = False):
@@ -118,7 +119,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError("choose the model to evaluate: --endpoint URL or --local [--model DIR]")
     if args.model and not args.local:
         raise ValueError("--model DIR is for --local (for an endpoint, --model-name picks the served model)")
-    bench = load_benchmark(args.benchmark, args.data, progress=not args.quiet)
+    with warnings.catch_warnings(record=True) as caught:  # one line per item (Python would show one per place)
+        warnings.simplefilter("always", FaceXBenchWarning)
+        bench = load_benchmark(args.benchmark, args.data, progress=not args.quiet)
+    for w in caught:
+        if issubclass(w.category, FaceXBenchWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     bench = bench.limit(args.limit)
     judge = Judge(args.judge, args.judge_model) if args.judge else None
     main_name, models, notes = _model_responders(args, args.baselines)

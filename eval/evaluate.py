@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,14 @@ def baseline_responders(names: list[str], benchmark: Benchmark) -> list[Responde
     return out
 
 
+def speed(transcripts: list[dict], wall_s: float) -> dict:
+    """Throughput of the items answered in this run (cached answers cost nothing and are not counted)."""
+    new = [t for t in transcripts if not t.get("cached")]
+    return {"new_items": len(new), "wall_s": round(wall_s, 2),
+            "items_per_s": round(len(new) / wall_s, 3) if new and wall_s > 0 else None,
+            "mean_item_s": round(sum(t.get("seconds") or 0.0 for t in new) / len(new), 3) if new else None}
+
+
 def evaluate(benchmark: Benchmark, responders: list[Responder], out: str | Path, *, config: RunConfig | None = None,
              judge: Judge | None = None, main_model: str | None = None, notes: list[str] | None = None) -> dict:
     """Run ``responders`` over ``benchmark`` and write the report into ``out``; returns the paths and summary."""
@@ -59,16 +68,19 @@ def evaluate(benchmark: Benchmark, responders: list[Responder], out: str | Path,
     try:
         for responder in responders:
             for setting in cfg.settings:
+                t0 = time.perf_counter()
                 transcripts = run_responder(responder, benchmark.items, setting, cache=cache,
                                             concurrency=cfg.concurrency, progress=cfg.progress)
+                wall = time.perf_counter() - t0
                 scored = score_all(items, transcripts, judge=judge)
                 rows.extend(scored)
-                summary.setdefault(responder.name, {})[setting] = summarize(scored)
+                summary.setdefault(responder.name, {})[setting] = {**summarize(scored),
+                                                                   "speed": speed(transcripts, wall)}
     finally:
         if judge is not None:
             judge.cache = None
         cache.close()
-    all_notes = list(notes or [])
+    all_notes = list(notes or []) + list(benchmark.notes)
     all_notes.append(f"{len(benchmark.items)} items from {benchmark.source or benchmark.name}; "
                      f"references: {', '.join(sorted({it.reference_source for it in benchmark.items}))}.")
     if any(r.name == "majority" for r in responders):
@@ -91,5 +103,6 @@ def evaluate(benchmark: Benchmark, responders: list[Responder], out: str | Path,
     report = write_report(out, benchmark=benchmark.name, settings=cfg.settings, summary=summary, rows=rows,
                           main_model=main_model, notes=all_notes,
                           config={"settings": cfg.settings, "models": names, "judge": judge.name if judge else
-                                  "rubric", "concurrency": cfg.concurrency})
+                                  "rubric", "concurrency": cfg.concurrency,
+                                  "benchmark_counts": benchmark.counts})
     return {**report, "summary_data": summary}

@@ -6,6 +6,13 @@ The layout: a folder of JSON files, one per source dataset, each with ``category
 of face APIs), and ``questions: {id: {image_paths, question_text, options[4], correct_answer_option,
 answer}}``. Image paths are relative to the folder that holds the JSON files.
 
+The published files have quirks, all accepted without editing a file: some items' ``answer`` text is not the
+text of their ``correct_answer_option`` (the key is what the benchmark's own scoring compares, so the key
+scores; each such item is warned about once and counted in the report), option and answer values may be
+numbers, files carry extra keys (``question_type``), the tool-retrieval file lists a black placeholder image
+for text-only questions, and the JSON files may sit in a ``benchmark/`` folder. An item whose fields cannot
+be read, or whose image file is missing, is left out with a warning and counted (never the whole benchmark).
+
 Settings: ``zero_shot`` (question, options, format instruction), ``in_context`` (the task description
 first) and ``cot`` (task description, then "think step by step" and a final "Answer: X" line).
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from .answers import canonical_gender
@@ -26,6 +34,15 @@ COT_TEXT = ("Think step by step about what the image(s) show, then give your fin
             "as 'Answer: X', where X is the option letter.")
 DEFAULT_POSTPEND = "Please answer the question and provide only the correct option letter, e.g., A, B, C, D."
 _REQUIRED = ("category", "questions")
+
+
+class FaceXBenchWarning(UserWarning):
+    """An item of a published FaceXBench file that is scored by its key despite a quirk, or left out."""
+
+
+def _same_text(a: object, b: object) -> bool:
+    """Option and answer texts compared as the files write them: numbers and strings, case and spacing aside."""
+    return " ".join(str(a).split()).casefold() == " ".join(str(b).split()).casefold()
 
 
 def _resolve_source(path_or_id: str | os.PathLike) -> Path:
@@ -64,8 +81,11 @@ def _option_letter(raw: object, options: list[str], where: str) -> str:
     return letter
 
 
-def load_file(path: Path, *, base: Path | None = None) -> list[EvalItem]:
-    """The items of one FaceXBench JSON file (image paths made absolute against ``base``, default its folder)."""
+def load_file(path: Path, *, base: Path | None = None, counts: dict[str, int] | None = None) -> list[EvalItem]:
+    """The items of one FaceXBench JSON file (image paths made absolute against ``base``, default its folder).
+
+    ``counts`` (optional) collects ``key_answer_mismatch`` and ``malformed`` item counts."""
+    counts = counts if counts is not None else {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -86,23 +106,51 @@ def load_file(path: Path, *, base: Path | None = None) -> list[EvalItem]:
             images = [str((base / p).resolve()) for p in q.get("image_paths", [])]
             letter = _option_letter(q["correct_answer_option"], options, where)
             question = str(q["question_text"])
-        except (KeyError, TypeError) as e:
-            raise BenchmarkError(f"{where}: missing or malformed field {e}") from None
-        if "answer" in q and str(q["answer"]).strip() != options[LETTERS.index(letter)].strip():
-            raise BenchmarkError(f"{where}: 'answer' {q['answer']!r} is not option {letter} "
-                                 f"({options[LETTERS.index(letter)]!r})")
+        except (KeyError, TypeError, BenchmarkError) as e:
+            counts["malformed"] = counts.get("malformed", 0) + 1
+            warnings.warn(f"FaceXBench {where}: left out, unreadable ({e})", FaceXBenchWarning, stacklevel=2)
+            continue
+        keyed = options[LETTERS.index(letter)]
+        meta = {"text_only": text_only, "file": path.name, "num_images": num_images or None}
+        if "answer" in q and not _same_text(q["answer"], keyed):
+            # the benchmark's own scoring compares letters with correct_answer_option: the key scores
+            counts["key_answer_mismatch"] = counts.get("key_answer_mismatch", 0) + 1
+            meta["key_answer_mismatch"] = str(q["answer"])
+            warnings.warn(f"FaceXBench {where}: 'answer' {q['answer']!r} is not the text of the key "
+                          f"{letter} ({keyed!r}); scored by the key", FaceXBenchWarning, stacklevel=2)
         sub = str(data.get("sub-category", data.get("sub_category", "general")))
         groups = {}
         if data["category"] == "bias_fairness" and len(images) == 1:
             # the single-image fairness questions ask for the group itself: their answer is the person's group
-            value = options[LETTERS.index(letter)]
-            groups[sub] = (canonical_gender(value) or value.lower()) if sub == "gender" else value
-        items.append(EvalItem(
-            id=f"{path.stem}/{qid}", kind="mc", question=question, images=images, category=str(data["category"]),
-            sub_category=sub, dataset=str(data.get("dataset", path.stem)), options=options, answer_letter=letter,
-            context=str(data.get("context", "")), prepend_text=str(data.get("prepend_text", "")),
-            postpend_text=str(data.get("postpend_text", "")) or DEFAULT_POSTPEND, groups=groups,
-            meta={"text_only": text_only, "file": path.name, "num_images": num_images or None}))
+            groups[sub] = (canonical_gender(keyed) or keyed.lower()) if sub == "gender" else keyed
+        try:
+            items.append(EvalItem(
+                id=f"{path.stem}/{qid}", kind="mc", question=question, images=images, category=str(data["category"]),
+                sub_category=sub, dataset=str(data.get("dataset", path.stem)), options=options, answer_letter=letter,
+                context=str(data.get("context", "") or ""), prepend_text=str(data.get("prepend_text", "") or ""),
+                postpend_text=str(data.get("postpend_text", "") or "") or DEFAULT_POSTPEND, groups=groups,
+                meta=meta))
+        except ValueError as e:  # e.g. fewer than two options
+            counts["malformed"] = counts.get("malformed", 0) + 1
+            warnings.warn(f"FaceXBench {where}: left out ({e})", FaceXBenchWarning, stacklevel=2)
+    return items
+
+
+def _drop_missing_images(items: list[EvalItem], root: Path, counts: dict[str, int]) -> list[EvalItem]:
+    """Items whose image files are all there. No image at all is the wrong folder (an error); a few missing
+    files are left out with one warning and counted."""
+    needed = [it for it in items if not it.meta.get("text_only") and it.images]
+    missing = [it for it in needed if not all(Path(p).is_file() for p in it.images)]
+    if needed and len(missing) == len(needed):
+        example = next(p for p in missing[0].images if not Path(p).is_file())
+        raise BenchmarkError(f"{root}: every image of the benchmark is missing (e.g. {example}): is this the "
+                             "folder the JSON files' image_paths are relative to?")
+    if missing:
+        counts["missing_image"] = len(missing)
+        warnings.warn(f"FaceXBench {root}: {len(missing)} item(s) left out because an image file is missing "
+                      f"(e.g. {missing[0].id})", FaceXBenchWarning, stacklevel=2)
+        gone = {it.id for it in missing}
+        items = [it for it in items if it.id not in gone]
     return items
 
 
@@ -111,14 +159,23 @@ def load_facexbench(path_or_id: str | os.PathLike, *, check_images: bool = True)
     root = _resolve_source(path_or_id)
     files = _json_files(root)
     items: list[EvalItem] = []
+    counts: dict[str, int] = {}
     for f in files:
-        items.extend(load_file(f))
+        items.extend(load_file(f, counts=counts))
     if not items:
         raise BenchmarkError(f"{root}: the FaceXBench files hold no questions")
-    bench = Benchmark(name=f"facexbench:{root.name}", items=items, source=str(root))
     if check_images:
-        bench.check_images()
-    return bench
+        items = _drop_missing_images(items, root, counts)
+    notes = []
+    if counts.get("key_answer_mismatch"):
+        notes.append(f"{counts['key_answer_mismatch']} FaceXBench item(s) have an 'answer' text that is not their "
+                     "key's option text; scored by the key (correct_answer_option), as the benchmark's own scoring "
+                     "does.")
+    if counts.get("malformed") or counts.get("missing_image"):
+        notes.append(f"Left out: {counts.get('malformed', 0)} unreadable item(s), {counts.get('missing_image', 0)} "
+                     "item(s) with a missing image file.")
+    return Benchmark(name=f"facexbench:{root.name}", items=items, source=str(root), notes=notes,
+                     counts={"items": len(items), **counts})
 
 
 def options_text(options: list[str]) -> str:

@@ -4,8 +4,8 @@ Every loader (FaceXBench JSON, the built-in benchmark from data_gen records) pro
 scorer and report reads them, so the kinds of task live in one place:
 
 * ``mc``: multiple choice; ``options`` and the correct ``answer_letter``.
-* ``attribute``: a short answer about one attribute (``attribute``: expression, gender, age_group, age) with the
-  reference in ``reference``; scored by accuracy / macro-F1, or MAE for age.
+* ``attribute``: a short answer about one attribute (``attribute``: expression, gender, age_group, age, count,
+  same_person) with the reference in ``reference``; scored by accuracy / macro-F1, MAE for age.
 * ``open``: free text, scored by a judge model or the keyword rubric against ``reference`` and ``keywords``.
 * ``tool``: the model is offered the face tools; scored on the tool chosen (``expected_tools``), the arguments
   (validated by the registry's argument models) and whether the final answer agrees with what the tools returned.
@@ -20,7 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Kind = Literal["mc", "attribute", "open", "tool"]
-ATTRIBUTES = ("expression", "gender", "age_group", "age")
+ATTRIBUTES = ("expression", "gender", "age_group", "age", "count", "same_person")
+# the form a question asks its answer in ("Answer with a number."): scored as its own column
+AnswerForm = Literal["number", "word", "yes_no", "letter", "free"]
+SHORT_FORMS = ("number", "word", "yes_no", "letter")
 LETTERS = string.ascii_uppercase
 
 
@@ -56,11 +59,15 @@ class EvalItem(BaseModel):
     evidence: list[dict] = Field(default_factory=list, description="labels (data_gen Label dicts) for grounding")
     analysis: dict | None = Field(default=None, description="the record's FaceAnalysis (JSON), reused by tools")
     reference_source: str = Field(default="human", description="'human', 'transform' or the model's name")
+    answer_form: AnswerForm | None = Field(default=None, description="the form the question asks for (a number, "
+                                           "one word, yes/no, an option letter); multiple choice: letter")
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> EvalItem:
         if self.kind == "mc":
+            if self.answer_form is None:
+                self.answer_form = "letter"
             if not 2 <= len(self.options) <= len(LETTERS):
                 raise ValueError(f"item {self.id}: a multiple-choice item needs 2+ options, got {len(self.options)}")
             if self.answer_letter is None or self.answer_letter not in LETTERS[: len(self.options)]:
@@ -89,6 +96,8 @@ class Benchmark(BaseModel):
     name: str
     items: list[EvalItem]
     source: str = ""
+    notes: list[str] = Field(default_factory=list, description="what the report should say about the loading")
+    counts: dict[str, int] = Field(default_factory=dict, description="items read, quirks and items left out")
 
     @model_validator(mode="after")
     def _unique(self) -> Benchmark:
@@ -110,7 +119,7 @@ class Benchmark(BaseModel):
             if per.get(key, 0) < n:
                 keep.append(it)
                 per[key] = per.get(key, 0) + 1
-        return Benchmark(name=self.name, items=keep, source=self.source)
+        return self.model_copy(update={"items": keep})
 
     def check_images(self) -> None:
         missing = [p for it in self.items if not it.meta.get("text_only") for p in it.images if not Path(p).is_file()]

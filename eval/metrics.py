@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-CLASS_ATTRIBUTES = ("expression", "gender", "age_group")
+CLASS_ATTRIBUTES = ("expression", "gender", "age_group", "same_person")
+MIN_GAP_N = 10  # a group with fewer items is shown but left out of the largest-gap figure (too noisy)
 NONE_LABEL = "(none)"
 
 
@@ -57,12 +58,12 @@ def confusion(rows: list[dict]) -> dict:
 
 def attribute_metrics(rows: list[dict]) -> dict[str, dict]:
     out = {}
-    for attr in CLASS_ATTRIBUTES + ("age",):
+    for attr in CLASS_ATTRIBUTES + ("age", "count"):
         rs = [r for r in rows if r["kind"] == "attribute" and r["attribute"] == attr]
         if not rs:
             continue
         m = {**accuracy(rs), "parsed": _mean([1.0 if r["parsed"] else 0.0 for r in rs])}
-        if attr == "age":
+        if attr in ("age", "count"):
             errs = [r["abs_error"] for r in rs if r.get("abs_error") is not None]
             m["mae"] = _mean(errs)
             m["mae_n"] = len(errs)
@@ -98,19 +99,26 @@ def open_metrics(rows: list[dict]) -> dict | None:
     return {**accuracy(rs), "mean_score": _mean([r["score"] for r in rs]), "scored_by": methods}
 
 
+def in_form_rate(rows: list[dict]) -> float | None:
+    """Share of answers in the form the question asked for, among questions that asked for one."""
+    return _mean([1.0 if r["in_form"] else 0.0 for r in rows if r.get("in_form") is not None])
+
+
 def headline(rows: list[dict]) -> dict:
     """The handful of numbers used for fairness gaps and the summary table."""
     mc = [r for r in rows if r["kind"] == "mc"]
-    attrs = attribute_metrics(rows)
+    age = [r["abs_error"] for r in rows if r["kind"] == "attribute" and r.get("attribute") == "age"
+           and r.get("abs_error") is not None]
     return {"accuracy": accuracy(rows)["accuracy"], "mc_accuracy": accuracy(mc)["accuracy"],
             "attribute_accuracy": accuracy([r for r in rows if r["kind"] == "attribute"])["accuracy"],
-            "age_mae": attrs.get("age", {}).get("mae"),
+            "age_mae": _mean(age), "in_form": in_form_rate(rows),
             "contradicted_rate": grounding_metrics(rows)["contradicted_rate"]}
 
 
-def fairness(rows: list[dict]) -> dict:
-    """Every headline metric per demographic group (per axis: gender, age group, race, ...) and the largest
-    gap between the groups of an axis (max - min over groups with at least one item)."""
+def fairness(rows: list[dict], min_n: int = 1) -> dict:
+    """Every headline metric per demographic group (per axis: gender, age group, the dataset's race label,
+    their intersection, ...) and the largest gap between the groups of an axis (max - min over groups with at
+    least ``min_n`` items)."""
     axes = sorted({axis for r in rows for axis in (r.get("groups") or {})})
     out = {}
     for axis in axes:
@@ -121,8 +129,8 @@ def fairness(rows: list[dict]) -> dict:
                 per_group[str(g)].append(r)
         groups = {g: {**headline(rs), "n": len(rs)} for g, rs in sorted(per_group.items())}
         gaps = {}
-        for metric in ("accuracy", "mc_accuracy", "attribute_accuracy", "age_mae", "contradicted_rate"):
-            vals = {g: m[metric] for g, m in groups.items() if m[metric] is not None}
+        for metric in ("accuracy", "mc_accuracy", "attribute_accuracy", "age_mae", "in_form", "contradicted_rate"):
+            vals = {g: m[metric] for g, m in groups.items() if m[metric] is not None and m["n"] >= min_n}
             if len(vals) >= 2:
                 hi, lo = max(vals, key=vals.get), min(vals, key=vals.get)
                 gaps[metric] = {"gap": round(vals[hi] - vals[lo], 4), "highest": hi, "lowest": lo}
@@ -145,5 +153,7 @@ def summarize(rows: list[dict]) -> dict:
                       if any(r["kind"] == "attribute" and r["attribute"] == attr for r in rows)},
         "open": open_metrics(rows), "tools": tool_metrics(rows), "grounding": grounding_metrics(rows),
         "per_category": breakdown(rows, lambda r: r["category"]),
-        "fairness": fairness(rows),
+        "fairness": fairness(rows, min_n=MIN_GAP_N),
+        "in_form": in_form_rate(rows),
+        "in_form_n": sum(1 for r in rows if r.get("in_form") is not None),
     }

@@ -24,21 +24,49 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def largest_gap(s: dict, metric: str = "accuracy") -> tuple[float, str] | None:
+    """The largest gap of one metric between annotated groups over every axis, with where it is."""
+    best = None
+    for axis, f in s.get("fairness", {}).items():
+        g = f["gaps"].get(metric)
+        if g is not None and (best is None or g["gap"] > best[0]):
+            best = (g["gap"], f"{axis}: {g['highest']} > {g['lowest']}")
+    return best
+
+
+# optional columns: shown when some model has the task (label, reader of one model's summary, format)
+_ATTR_COLUMNS = (
+    ("age MAE (y)", lambda s: s["attributes"].get("age", {}).get("mae"), "num"),
+    ("age-group acc %", lambda s: s["attributes"].get("age_group", {}).get("accuracy"), "pct"),
+    ("gender acc %", lambda s: s["attributes"].get("gender", {}).get("accuracy"), "pct"),
+    ("expression acc %", lambda s: s["attributes"].get("expression", {}).get("accuracy"), "pct"),
+    ("expression F1", lambda s: s["attributes"].get("expression", {}).get("macro_f1"), "f1"),
+    ("verification acc %", lambda s: s["attributes"].get("same_person", {}).get("accuracy"), "pct"),
+    ("counting acc %", lambda s: s["attributes"].get("count", {}).get("accuracy"), "pct"),
+    ("MC acc %", lambda s: s["mc_accuracy"], "pct"),
+    ("open score", lambda s: (s["open"] or {}).get("mean_score"), "f1"),
+    ("tool success %", lambda s: (s["tools"] or {}).get("success"), "pct"),
+)
+
+
 def summary_table(summary: dict, setting: str) -> str:
-    """One row per model: the headline numbers of one setting (the README table)."""
-    head = ("| model | overall acc % | MC acc % | attribute acc % | gender F1 | age-group F1 | expression F1 | "
-            "age MAE (y) | open score | tool success % | contradicted % | n |")
+    """One row per model: the headline numbers of one setting (the README table). Task columns appear when
+    some model was scored on the task; "in form %" is the share of answers given in the asked form (a number,
+    one word, yes/no, a letter); the largest accuracy gap is over every annotated group axis."""
+    rows = [(m, by[setting]) for m, by in summary.items() if by.get(setting) is not None]
+    cols = [c for c in _ATTR_COLUMNS if any(c[1](s) is not None for _, s in rows)]
+    head = ("| model | overall acc % | in form % | " + "".join(f"{c[0]} | " for c in cols)
+            + "contradicted % | largest group gap (acc pts) | items/s | n |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for model, by_setting in summary.items():
-        s = by_setting.get(setting)
-        if s is None:
-            continue
-        at = s["attributes"]
-        f1 = {a: at.get(a, {}).get("macro_f1") for a in CLASS_ATTRIBUTES}
-        lines.append(f"| {model} | {_pct(s['accuracy'])} | {_pct(s['mc_accuracy'])} | {_pct(s['attribute_accuracy'])} "
-                     f"| {_num(f1['gender'], 2)} | {_num(f1['age_group'], 2)} | {_num(f1['expression'], 2)} "
-                     f"| {_num(s['age_mae'])} | {_num((s['open'] or {}).get('mean_score'), 2)} "
-                     f"| {_pct((s['tools'] or {}).get('success'))} | {_pct(s['contradicted_rate'])} | {s['n']} |")
+    fmt = {"pct": _pct, "num": _num, "f1": lambda x: _num(x, 2)}
+    for model, s in rows:
+        gap = largest_gap(s)
+        gap_s = "–" if gap is None else f"{100 * gap[0]:.1f} ({gap[1]})"
+        ips = (s.get("speed") or {}).get("items_per_s")
+        lines.append(f"| {model} | {_pct(s['accuracy'])} | {_pct(s.get('in_form'))} | "
+                     + "".join(f"{fmt[c[2]](c[1](s))} | " for c in cols)
+                     + f"{_pct(s['contradicted_rate'])} | {gap_s} | {'cached' if ips is None else f'{ips:.2f}'} "
+                     f"| {s['n']} |")
     return "\n".join(lines)
 
 
@@ -156,7 +184,8 @@ def plot_confusions(summary: dict, setting: str, model: str, path: Path) -> Path
 
 def plot_fairness(summary: dict, setting: str, path: Path) -> Path | None:
     models = [m for m in summary if setting in summary[m]]
-    axes_names = sorted({a for m in models for a in summary[m][setting]["fairness"]})
+    # intersections (race x gender x age group) have dozens of groups: they are in the table, not the plot
+    axes_names = sorted({a for m in models for a in summary[m][setting]["fairness"] if "×" not in a})
     if not axes_names:
         return None
     plt = _plt()

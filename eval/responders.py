@@ -24,7 +24,7 @@ from facellm.toolcall import DEFAULT_SYSTEM, parse_tool_calls, render_tool_calls
 
 from .answers import AGE_GROUPS, EXPRESSIONS
 from .clients import image_data_uri, make_client, resolve_model
-from .items import LETTERS, EvalItem
+from .items import LETTERS, SHORT_FORMS, EvalItem
 
 
 @dataclass
@@ -102,20 +102,51 @@ class EndpointResponder:
         return Reply(content=content, tool_calls=calls)
 
 
+_ANALYSES: dict[tuple[str, tuple[str, ...]], object] = {}  # (image path, steps) -> FaceAnalysis, shared by models
+_ANALYSES_LOCK = threading.Lock()
+
+
+def _analysis(processor, path: str):
+    """The processor's face analysis of one image file, computed once per run for every model that sees it."""
+    from facellm.tools.image_io import as_loaded
+
+    key = (path, tuple(processor.settings.analysis_steps))
+    with _ANALYSES_LOCK:
+        hit = _ANALYSES.get(key)
+    if hit is None:
+        hit = processor.analyze(as_loaded(path))
+        with _ANALYSES_LOCK:
+            _ANALYSES[key] = hit
+    return hit
+
+
 class LocalResponder:
-    """A FaceLLM model in this process. Generation holds a lock: one model, one forward at a time."""
+    """A FaceLLM model in this process. Generation holds a lock: one model, one forward at a time.
+
+    The KV cache of the text a prompt shares with the previous one (a long shared context, the tools section)
+    is reused (``prefix_cache.PrefixReuse``); ``short_tokens`` caps the answer length of items that ask for a
+    short answer (a number, a word, yes/no, a letter)."""
 
     def __init__(self, model, *, name: str = "facellm", identity: str = "", with_images: bool = True,
-                 max_new_tokens: int = 96) -> None:
+                 max_new_tokens: int = 96, short_tokens: int | None = 16, prefix_cache: bool = True) -> None:
+        from .prefix_cache import PrefixReuse
+
         self.model = model
         self.name = name if with_images else f"{name} (no image)"
         self.with_images = with_images
         self.max_new_tokens = max_new_tokens
+        self.short_tokens = short_tokens
         self._identity = identity or name
         self._lock = threading.Lock()
+        self.prefix = PrefixReuse(model) if prefix_cache else None
 
     def identity(self) -> str:
-        return json.dumps(["local", self._identity, self.with_images, self.max_new_tokens])
+        return json.dumps(["local", self._identity, self.with_images, self.max_new_tokens, self.short_tokens])
+
+    def tokens_for(self, item: EvalItem) -> int:
+        if self.short_tokens and item.answer_form in SHORT_FORMS:
+            return min(self.short_tokens, self.max_new_tokens)
+        return self.max_new_tokens
 
     @staticmethod
     def _as_text_turns(messages: list[dict], tools: list[dict] | None) -> list[dict]:
@@ -136,10 +167,29 @@ class LocalResponder:
                 out.append(m)
         return out
 
+    def _generate(self, turns: list[dict], tools: list[dict] | None, max_new_tokens: int) -> str:
+        model = self.model
+        proc = model.processor
+        paths = [p["image_url"]["url"] for m in turns if isinstance(m.get("content"), list)
+                 for p in m["content"] if p.get("type") == "image_url"]
+        analyses = None
+        if paths and proc.settings.use_region_encoder:
+            analyses = [_analysis(proc, path) for path in paths]
+        batch = proc(turns, analyses=analyses, add_generation_prompt=True, return_labels=False, tools=tools)
+        gen: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if tools:
+            from facellm.constrained import tool_names
+
+            gen["tool_names"] = tool_names(tools)
+        if self.prefix is not None and (past := self.prefix.past_for(batch["input_ids"])) is not None:
+            gen["past_key_values"] = past
+        out = model.generate(**batch, **gen)
+        return proc.decode(out[0]).strip()
+
     def respond(self, item: EvalItem, messages: list[dict], tools: list[dict] | None) -> Reply:
         turns = self._as_text_turns(messages, tools)
         with self._lock:
-            text = self.model.chat(turns, max_new_tokens=self.max_new_tokens)
+            text = self._generate(turns, tools, self.tokens_for(item) if not tools else self.max_new_tokens)
         if tools:
             content, calls = _calls_from_text(text)
             return Reply(content=content, tool_calls=calls)

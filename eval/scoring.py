@@ -8,7 +8,7 @@ verdict. Scoring is cheap and recomputed on every report, so the cache only hold
 
 from __future__ import annotations
 
-from .answers import Judge, age_error, age_group_of, extract_attribute, extract_choice, rubric_score
+from .answers import Judge, age_error, age_group_of, extract_attribute, extract_choice, in_form, rubric_score
 from .grounding import evidence_from_analysis, ground, labels_from_dicts
 from .items import LETTERS, EvalItem
 
@@ -25,6 +25,7 @@ def score_row(item: EvalItem, transcript: dict, *, judge: Judge | None = None) -
         "num_images": item.num_images_label, "attribute": item.attribute, "groups": item.groups,
         "reference_source": item.reference_source, "answer": text, "error": transcript.get("error"),
         "cached": transcript.get("cached", False), "seconds": transcript.get("seconds"),
+        "answer_form": item.answer_form, "in_form": in_form(text, item.answer_form) if item.kind != "tool" else None,
     }
     if item.kind == "mc":
         pred = extract_choice(text, item.options)
@@ -42,6 +43,10 @@ def score_row(item: EvalItem, transcript: dict, *, judge: Judge | None = None) -
             row.update(reference=ref, abs_error=err, correct=err is not None and err <= 5.0,
                        reference_label=age_group_of(mid), predicted_label=age_group_of(pred) if pred is not None
                        else None)
+        elif item.attribute == "count":
+            ref = int(item.reference)
+            row.update(reference=ref, abs_error=abs(pred - ref) if pred is not None else None, correct=pred == ref,
+                       reference_label=str(ref), predicted_label=None if pred is None else str(pred))
         else:
             row.update(reference=item.reference, correct=pred == item.reference, reference_label=item.reference,
                        predicted_label=pred)

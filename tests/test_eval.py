@@ -15,7 +15,7 @@ from facellm.data_gen.schema import ImageRef, Record, human, turn
 from facellm.eval.answers import Judge, age_error, extract_attribute, extract_choice, rubric_score
 from facellm.eval.builtin import build_builtin
 from facellm.eval.evaluate import RunConfig, evaluate
-from facellm.eval.facexbench import load_facexbench, mc_prompt
+from facellm.eval.facexbench import FaceXBenchWarning, load_facexbench, mc_prompt
 from facellm.eval.grounding import ground
 from facellm.eval.items import Benchmark, BenchmarkError, EvalItem
 from facellm.eval.metrics import fairness, macro_f1
@@ -196,18 +196,74 @@ def test_facexbench_loader_errors(tmp_path, fxb):
     with pytest.raises(BenchmarkError, match="no cached copy"):
         load_facexbench("someone/not-a-cached-dataset")
     bad = json.loads((FIXTURE / "fixture_single_mcq.json").read_text())
-    bad["questions"]["1"]["correct_answer_option"] = "E"
+    bad["questions"]["1"]["correct_answer_option"] = "E"  # an unreadable item is left out, not the benchmark
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    with pytest.raises(BenchmarkError, match="not one of ABCD"):
-        load_facexbench(tmp_path / "bad.json")
+    with pytest.warns(FaceXBenchWarning, match="not one of ABCD"):
+        b = load_facexbench(tmp_path / "bad.json", check_images=False)
+    assert b.counts["malformed"] == 1 and "fixture_single_mcq/1" not in {it.id for it in b.items}
     bad["questions"]["1"]["correct_answer_option"] = "A"  # now 'answer' (Happy) is not option A (Sad)
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    with pytest.raises(BenchmarkError, match="is not option A"):
-        load_facexbench(tmp_path / "bad.json")
+    with pytest.warns(FaceXBenchWarning, match="scored by the key"):
+        b = load_facexbench(tmp_path / "bad.json", check_images=False)
+    assert b.items[0].answer_letter == "A" and b.counts["key_answer_mismatch"] == 1
     shutil.copy(FIXTURE / "fixture_single_mcq.json", tmp_path / "fixture_single_mcq.json")
     (tmp_path / "bad.json").unlink()
-    with pytest.raises(BenchmarkError, match="missing"):  # its images are not there
+    with pytest.raises(BenchmarkError, match="missing"):  # none of its images is there: the wrong folder
         load_facexbench(tmp_path)
+
+
+PUBLISHED = Path(__file__).parent / "fixtures" / "facexbench_published"
+
+
+@pytest.fixture(scope="module")
+def fxb_published(tmp_path_factory) -> Path:
+    """The published-layout fixture (benchmark/ folder, quirks) with its images made from the bundled photos."""
+    root = tmp_path_factory.mktemp("fxbp") / "facexbench"
+    shutil.copytree(PUBLISHED, root)
+    images = root / "benchmark" / "images"
+    for rel, name in {"quirks_single_mcq/question_1.png": "grace_hopper",
+                      "quirks_single_mcq/question_2.png": "astronaut",
+                      "quirks_single_mcq/question_3.png": "astronaut"}.items():
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(photo(name)).save(images / rel)
+    (images / "tools_retrieval").mkdir(parents=True)
+    for k in (1, 2):  # the published tool-retrieval questions point at a black placeholder image
+        Image.new("RGB", (32, 32)).save(images / "tools_retrieval" / f"question_{k}.png")
+    return root
+
+
+def test_facexbench_published_quirks_load_and_score(fxb_published, tmp_path, capsys):
+    """A key/answer disagreement is scored by the key (warned once per item, counted in the report); numeric
+    options, a lower-case key, extra keys and an item without options do not stop the benchmark."""
+    with pytest.warns(FaceXBenchWarning) as caught:
+        b = load_facexbench(fxb_published)
+    mismatch = [w for w in caught if "scored by the key" in str(w.message)]
+    assert len(mismatch) == 2  # quirks 2 and tools_retrieval 2, once each
+    assert b.counts == {"items": 5, "key_answer_mismatch": 2, "malformed": 1}
+    by_id = {it.id: it for it in b.items}
+    assert by_id["quirks_single_mcq/2"].correct_option == "1" and by_id["quirks_single_mcq/1"].options[0] == "3"
+    assert by_id["quirks_single_mcq/3"].answer_letter == "A" and "key_answer_mismatch" not in by_id[
+        "quirks_single_mcq/3"].meta
+    assert by_id["tools_retrieval/2"].answer_letter == "A" and by_id["tools_retrieval/2"].meta["text_only"]
+
+    from facellm.eval.cli import main
+
+    out = tmp_path / "published"
+    with serve(tools_policy(), model="served") as url:
+        rc = main(["eval", "--benchmark", str(fxb_published), "--endpoint", url, "--baselines", "tools",
+                   "--out", str(out), "-q"])
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["config"]["benchmark_counts"]["key_answer_mismatch"] == 2
+    assert any("scored by the key" in n for n in data["notes"])
+    tools_rows = {r["item"]: r for r in data["items"] if r["model"] == "tools-only"}
+    assert len(tools_rows) == 5
+    # the tools count one face on Grace Hopper's photo: option B, the key
+    assert tools_rows["quirks_single_mcq/1"]["correct"] is True
+    # scored by the key (A), whatever the 'answer' text says
+    assert tools_rows["tools_retrieval/2"]["reference"] == "A"
+    speed = data["summary"]["tools-only"]["zero_shot"]["speed"]
+    assert speed["new_items"] == 5 and speed["items_per_s"] > 0
 
 
 # ------------------------------------------------------------------ built-in benchmark
@@ -408,3 +464,21 @@ def test_cli_local_model_on_builtin_records(records, tmp_path, capsys):
     assert main(["eval", "--benchmark", "builtin", "--data", str(tmp_path / "empty"), "--local", "--out",
                  str(out)]) == 1
     assert "no data_gen records" in capsys.readouterr().err
+
+
+def test_prefix_reuse_keeps_greedy_answers_and_skips_the_shared_context(tmp_path, fxb_published):
+    """Text-only items behind one long shared context: the second item reuses the context's KV cache, and the
+    answers are the ones generated without the cache."""
+    from tiny_facellm import tiny_model
+
+    model = tiny_model(tmp_path)
+    with pytest.warns(FaceXBenchWarning):
+        items = [it for it in load_facexbench(fxb_published).items if it.meta["text_only"]]
+    assert len(items) == 2 and len(items[0].context) > 500
+    cached = LocalResponder(model, name="tiny", max_new_tokens=6)
+    plain = LocalResponder(model, name="tiny", max_new_tokens=6, prefix_cache=False)
+    a = run_responder(cached, items, progress=False, concurrency=1)
+    b = run_responder(plain, items, progress=False, concurrency=1)
+    assert [t["final"] for t in a] == [t["final"] for t in b] and not any(t["error"] for t in a)
+    stats = cached.prefix.stats.to_dict()
+    assert stats["hits"] == 1 and stats["reused_tokens"] > 200  # the API catalogue, prefilled once

@@ -137,3 +137,20 @@ def test_bad_landmarks():
         expression_cues(Landmarks(scheme="ibug68", points=[(1.0, 1.0)] * 68, source="x"))
     with pytest.raises(FaceInputError):
         expression_cues(Landmarks(scheme="mesh478", points=[(1.0, float("nan"))] * 478, source="x"))
+
+
+def test_closed_eyes_on_the_group_photo_from_the_68_point_lids():
+    """t1.jpg ('group'): faces 1 and 6 (left, right) have their eyes nearly closed, face 4 laughs with its eyes
+    squeezed shut; the others' eyes are open. The mesh alone reads them all open (its lids barely move)."""
+    mesh, lids = faces("group"), faces("group", "ibug68")
+    closed = []
+    for (x, lm, pose), (x2, lm68, _) in zip(mesh, lids):
+        assert abs(x - x2) < 30
+        c = expression_cues(lm, pose, lids=lm68)
+        closed.append(max(c.right_eye_closed.score, c.left_eye_closed.score) >= 0.5)
+    assert closed == [True, False, False, True, False, True], closed
+    # open eyes stay open with the lids given (astronaut smiling broadly, Grace Hopper neutral)
+    for name in ("astronaut", "grace_hopper"):
+        for (_, lm, pose), (_, lm68, _) in zip(faces(name), faces(name, "ibug68")):
+            c = expression_cues(lm, pose, lids=lm68)
+            assert not c.right_eye_closed.active and not c.left_eye_closed.active, name

@@ -22,7 +22,7 @@ DEFAULT_STEPS = tuple(s for s in ALL_STEPS if s != "embedding")
 _NEEDS = {
     "parse": {"mesh"},
     "pose": {"mesh"},
-    "cues": {"mesh", "pose"},
+    "cues": {"mesh", "pose", "landmarks68"},  # the 68 points give the closed-eye cues
     "quality": {"mesh", "pose"},
 }
 
@@ -150,7 +150,7 @@ class Analyzer:
                 for f in faces:
                     lm = f.mesh478 or f.lmk68
                     if lm is not None:
-                        f.cues = expression_cues(lm, f.pose)
+                        f.cues = expression_cues(lm, f.pose, lids=f.lmk68)  # dlib's lids see closed eyes
         if faces and "attributes" in todo:
             est = self._part("attributes")
             with timed("attributes"):

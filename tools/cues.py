@@ -141,19 +141,49 @@ def gaze_words(gx: float, gy: float) -> str:
     return "eyes turned " + " and ".join(parts) if parts else "eyes centred (looking where the head points)"
 
 
-def expression_cues(landmarks: Landmarks, pose: HeadPose | None = None) -> ExpressionCues:
-    """Smile, open mouth, closed eyes, raised brows and gaze of one face from its landmarks."""
+# Closed eyes from dlib's 68 points (``lids``): MediaPipe's mesh barely moves its lids when the eyes close (on
+# the bundled group photo t1.jpg two nearly closed pairs read mesh EAR 0.24-0.26, Grace Hopper's open eyes 0.25),
+# while the 68-point EAR (pitch-corrected, each eye blended with the two-eye mean since blinks are symmetric)
+# separates them: closed 0.15-0.21 (t1 faces 1, 4, 6; a sleeping baby and a child with shut eyes among 60
+# UTKFace test faces: 0.17), open 0.22-0.55 — except smiling squints, whose cheeks push the lids up (open
+# at 0.20-0.22 on UTKFace). Hence the verdict's threshold: 0.215, or 0.185 while the smile cue is on.
+LID_EAR_CLOSED, LID_EAR_CLOSED_SMILING, LID_RAMP = 0.215, 0.185, 0.03
+
+
+def _lid_cue(own: float, both: float, smiling: bool) -> Cue:
+    t = LID_EAR_CLOSED_SMILING if smiling else LID_EAR_CLOSED
+    v = 0.5 * own + 0.5 * both
+    score = float(np.clip((t + LID_RAMP - v) / (2 * LID_RAMP), 0.0, 1.0))
+    return Cue(score=round(score, 3), active=score >= 0.5)
+
+
+def expression_cues(landmarks: Landmarks, pose: HeadPose | None = None,
+                    lids: Landmarks | None = None) -> ExpressionCues:
+    """Smile, open mouth, closed eyes, raised brows and gaze of one face from its landmarks.
+
+    ``lids``: the face's ibug68 landmarks, when fitted, for the closed-eye cues (see ``LID_EAR_CLOSED``)."""
     m = measures(landmarks, pose)
+    smile = _cue(m["smile"], "smile")
+    right_closed, left_closed = _cue(m["r_ear"], "eye_closed"), _cue(m["l_ear"], "eye_closed")
+    if lids is not None and lids.scheme == "ibug68":
+        try:
+            lm = measures(lids, pose)
+        except FaceInputError:
+            lm = None
+        if lm is not None:
+            both = (lm["r_ear"] + lm["l_ear"]) / 2
+            right_closed = _lid_cue(lm["r_ear"], both, smile.active)
+            left_closed = _lid_cue(lm["l_ear"], both, smile.active)
     if "gaze_x" in m:
         gaze = (round(m["gaze_x"], 3), round(m["gaze_y"], 3))
         words = gaze_words(*gaze)
     else:
         gaze, words = (0.0, 0.0), "unknown (no iris landmarks)"
     return ExpressionCues(
-        smile=_cue(m["smile"], "smile"),
+        smile=smile,
         mouth_open=_cue(m["mouth_open"], "mouth_open"),
-        right_eye_closed=_cue(m["r_ear"], "eye_closed"),
-        left_eye_closed=_cue(m["l_ear"], "eye_closed"),
+        right_eye_closed=right_closed,
+        left_eye_closed=left_closed,
         brow_raise=_cue(m["brow_raise"], "brow_raise"),
         gaze=gaze,
         gaze_direction=words,

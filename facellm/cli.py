@@ -87,10 +87,13 @@ TOOL_STEPS = {
 }
 
 
-def _fmt_face(f) -> str:
+def _fmt_face(f, analysis) -> str:
     """One human-readable line per face for the plain-text output."""
+    from facellm.tools.registry import age_range_words, position_words
+
     b = f.box
-    parts = [f"face {f.id}: box ({b.x1:.0f},{b.y1:.0f})-({b.x2:.0f},{b.y2:.0f}) score {f.score:.2f}"]
+    where = position_words(f, analysis.image.width, analysis.image.height, analysis.faces)
+    parts = [f"face {f.id} ({where}): box ({b.x1:.0f},{b.y1:.0f})-({b.x2:.0f},{b.y2:.0f}) score {f.score:.2f}"]
     if f.mesh478 is not None:
         parts.append("mesh 478 pts")
     if f.lmk68 is not None:
@@ -102,7 +105,8 @@ def _fmt_face(f) -> str:
         a = f.attributes
         if a.perceived_age is not None:
             ag = a.perceived_age
-            parts.append(f"perceived age ~{ag.value:.0f} ({ag.low:.0f}-{ag.high:.0f}, estimate)")
+            rng = age_range_words(ag.low, ag.high)
+            parts.append(f"perceived age ~{ag.value:.0f} ({f'likely {rng}, ' if rng else ''}estimate)")
         if a.perceived_gender is not None:
             g = a.perceived_gender
             parts.append(f"perceived gender {g.value} ({g.probability:.0%}, estimate)")
@@ -141,7 +145,7 @@ def cmd_tools(args: argparse.Namespace) -> None:
         print(f"{args.image}: {result.num_faces} face(s), {result.image.width}x{result.image.height}, "
               f"{result.timings_ms.get('total', 0):.0f} ms")
         for f in result.faces:
-            print("  " + _fmt_face(f))
+            print("  " + _fmt_face(f, result))
         for w in result.warnings:
             print(f"  warning: {w}")
         if args.draw:
@@ -167,7 +171,17 @@ def cmd_gallery(args: argparse.Namespace) -> None:
 
     g = Gallery(args.db)
     if args.action == "enroll":
-        out = g.enroll(args.name, *args.images, face_id=args.face)
+        from facellm.tools.gallery import FaceChoiceError
+
+        try:
+            out = g.enroll(args.name, *args.images, face_id=args.face)
+        except FaceChoiceError as e:  # the library's message names face_id=; here the flag is --face
+            n = e.num_faces
+            if e.face_id is None:
+                _die(f"{e.photo} shows {n} faces; add --face N (1..{n}, numbered from the left) to say which one "
+                     "to enrol; nothing was enrolled", 1)
+            _die(f"{e.photo} has {n} face(s), so --face {e.face_id} does not exist (use 1..{n}, numbered from the "
+                 "left); nothing was enrolled", 1)
         if args.json:
             print(out.model_dump_json(indent=2))
         else:
@@ -251,23 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-faces", type=int, default=None, help="analyse at most this many (most confident) faces")
     t.set_defaults(func=cmd_tools)
 
-    g = sub.add_parser("gallery", help="enrolled identities (SQLite)")
+    g = sub.add_parser("gallery", help="enrolled identities (SQLite)",
+                       description="The people you enrolled, kept in a local SQLite file. Names in answers come "
+                                   "only from a match against this gallery.")
     g.add_argument("--db", default=None, help="gallery file (default $FACELLM_HOME/gallery.sqlite)")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true", help="print JSON")
     gs = g.add_subparsers(dest="action", required=True)
     e = gs.add_parser("enroll", help="enrol a person from one or more photos (one face each)")
-    e.add_argument("name")
-    e.add_argument("images", nargs="+")
-    e.add_argument("--face", type=int, default=None, help="which face (id from 1) when a photo shows several")
+    e.add_argument("name", help="the person's name, as answers should give it")
+    e.add_argument("images", nargs="+", metavar="IMAGE", help="photo(s) of that person")
+    e.add_argument("--face", type=int, default=None, metavar="N",
+                   help="which face (1..N, numbered from the left) when a photo shows several")
     gs.add_parser("list", help="list enrolled people")
-    r = gs.add_parser("rename")
-    r.add_argument("name")
-    r.add_argument("new_name")
-    rm = gs.add_parser("remove")
-    rm.add_argument("name")
+    r = gs.add_parser("rename", help="rename an enrolled person (their photos stay)",
+                      description="Rename an enrolled person; their enrolled photos stay with the new name.")
+    r.add_argument("name", help="the current name")
+    r.add_argument("new_name", help="the new name (must not be enrolled already)")
+    rm = gs.add_parser("remove", help="remove a person and all their enrolled photos from the gallery",
+                       description="Remove a person and every enrolled photo (embedding) of theirs from the "
+                                   "gallery. This cannot be undone.")
+    rm.add_argument("name", help="the enrolled name to remove")
     i = gs.add_parser("identify", help="match the faces in a photo against the gallery")
-    i.add_argument("image")
-    i.add_argument("--top-k", type=int, default=3)
+    i.add_argument("image", help="photo to identify the faces in")
+    i.add_argument("--top-k", type=int, default=3, help="nearest enrolled people to list per face (default 3)")
     g.set_defaults(func=cmd_gallery)
     return p
 
@@ -283,6 +303,11 @@ def main(argv: list[str] | None = None) -> None:
         _die(str(e).strip("'\""), 1)
     except KeyboardInterrupt:
         _die("interrupted", 130)
+    except BrokenPipeError:  # `facellm tools analyze x.jpg | head`: the reader left; no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None,
                    help="FaceLLM model folder (default: the default model, built on first use)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     p.add_argument("--api-key", action="append", default=None,
                    help="accepted API key (repeatable; also FACELLM_API_KEY). Without one, no authentication")
     p.add_argument("--served-model-name", default="facellm", help="the model id clients ask for")
@@ -36,11 +36,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="http(s) URL prefix images may be fetched from (repeatable; default: none)")
     p.add_argument("--max-concurrency", type=int, default=None,
                    help="requests generating at once (default: 16 with vllm, 1 with transformers)")
-    p.add_argument("--max-queue", type=int, default=32, help="requests waiting beyond that; more get HTTP 429")
+    p.add_argument("--max-queue", type=int, default=32,
+                   help="requests waiting beyond that (default 32); more get HTTP 429")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    p.add_argument("--max-tokens-limit", type=int, default=2048)
-    p.add_argument("--max-request-mb", type=float, default=20.0)
-    p.add_argument("--max-image-mb", type=float, default=10.0)
+    p.add_argument("--max-tokens-limit", type=int, default=2048,
+                   help="largest max_tokens a request may ask for (default 2048)")
+    p.add_argument("--max-request-mb", type=float, default=20.0, help="largest request body in MiB (default 20)")
+    p.add_argument("--max-image-mb", type=float, default=10.0, help="largest image file in MiB (default 10)")
     p.add_argument("--dtype", default=None, help="LM dtype: float32 (default) or bfloat16 (faster on CPU)")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="vllm: KV cache size in GiB (CPU)")
     p.add_argument("--threads", type=int, default=None,

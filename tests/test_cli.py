@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,44 @@ def test_gallery_commands_round_trip(tmp_path: Path):
 def test_verify_command():
     out = run("tools", "verify", str(photo("astronaut")), str(photo("grace_hopper"))).stdout
     assert out.startswith("different people")
+
+
+def test_enroll_errors_name_the_flag_the_user_types(tmp_path: Path):
+    db = str(tmp_path / "g.sqlite")
+    many = run("gallery", "--db", db, "enroll", "Someone", str(photo("group")), check=False)
+    assert many.returncode == 1 and "Traceback" not in many.stderr
+    assert "--face N (1..6" in many.stderr and "face_id" not in many.stderr and "nothing was enrolled" in many.stderr
+    wrong = run("gallery", "--db", db, "enroll", "Someone", str(photo("group")), "--face", "9", check=False)
+    assert wrong.returncode == 1 and "--face 9 does not exist" in wrong.stderr and "face_id" not in wrong.stderr
+    assert "is empty" in run("gallery", "--db", db, "list").stdout  # nothing was enrolled, as it says
+    assert "enrolled Someone: 1 new photo" in run("gallery", "--db", db, "enroll", "Someone", str(photo("group")),
+                                                  "--face", "2").stdout
+
+
+def test_help_texts_say_defaults_and_what_each_command_does():
+    serve = run("serve", "--help").stdout
+    assert "port to listen on (default 8000)" in serve
+    gallery = run("gallery", "--help").stdout
+    for action in ("enroll", "list", "rename", "remove", "identify"):
+        line = next(ln for ln in gallery.splitlines() if ln.strip().startswith(action + " "))
+        assert len(line.split()) > 2, f"`gallery {action}` has no help text: {line!r}"
+    assert "cannot be undone" in run("gallery", "remove", "--help").stdout
+    assert "the new name" in run("gallery", "rename", "--help").stdout
+
+
+def test_group_photo_faces_have_distinct_positions_and_no_one_year_age_ranges():
+    out = run("tools", "attributes", str(photo("group"))).stdout
+    heads = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("face ")]
+    assert len(heads) == 6
+    places = [h.split("(", 1)[1].split(")", 1)[0] for h in heads]
+    assert len(set(places)) == 6 and places[0] == "left" and places[-1] == "right", places
+    assert not re.search(r"\b(\d+)-\1 years\b", out), out
+    assert out.count("perceived age ~") == 6
+
+
+def test_agent_describes_group_faces_with_distinct_positions():
+    proc = run("ask", "--agent", "--no-model", str(photo("group")), "Describe the faces in this photo")
+    answer = proc.stdout
+    places = re.findall(r"Face \d+ \(([^)]*)\)", answer)
+    assert len(places) == 6 and len(set(places)) == 6, answer
+    assert not re.search(r"\b(\d+)-\1 years\b", answer), answer

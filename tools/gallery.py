@@ -66,6 +66,15 @@ class GalleryError(ValueError):
     """A gallery operation was refused; the message says why."""
 
 
+class FaceChoiceError(GalleryError):
+    """Enrolment needs one face of a photo that shows several, or the chosen face does not exist. The fields let a
+    front end word the fix in its own terms (the CLI's ``--face N``, Python's ``face_id=N``)."""
+
+    def __init__(self, message: str, *, photo: str, num_faces: int, face_id: int | None) -> None:
+        super().__init__(message)
+        self.photo, self.num_faces, self.face_id = photo, num_faces, face_id
+
+
 class Person(BaseModel):
     name: str
     embeddings: int
@@ -234,12 +243,13 @@ class Gallery:
                 raise GalleryError(f"no face was found in {label}; nothing was enrolled")
             if face_id is None:
                 if len(dets) > 1:
-                    raise GalleryError(f"{label} shows {len(dets)} faces; pass face_id=1..{len(dets)} "
-                                       "(left to right) to say which one to enrol; nothing was enrolled")
+                    raise FaceChoiceError(f"{label} shows {len(dets)} faces; pass face_id=1..{len(dets)} "
+                                          "(left to right) to say which one to enrol; nothing was enrolled",
+                                          photo=label, num_faces=len(dets), face_id=None)
                 index = 1
             elif not 1 <= face_id <= len(dets):
-                raise GalleryError(f"{label} has {len(dets)} face(s), so face_id={face_id} does not exist; "
-                                   "nothing was enrolled")
+                raise FaceChoiceError(f"{label} has {len(dets)} face(s), so face_id={face_id} does not exist; "
+                                      "nothing was enrolled", photo=label, num_faces=len(dets), face_id=face_id)
             else:
                 index = face_id
             det = dets[index - 1]

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from facellm.tools.registry import age_range_words
+
 from .evidence import Evidence
 from .policy import IDENTITY_RX, asked_name, is_identity_question
 
@@ -272,7 +274,8 @@ def t_age(it: Intent, r: dict) -> Phrase:
         ev += [Evidence("attributes", r["image"], f["face_id"], "perceived_age", a["value"]),
                Evidence("attributes", r["image"], f["face_id"], "perceived_age_range", a["range"], a["probability"])]
         lo, hi = a["range"]
-        span = f"likely range {lo}-{hi} years" if hi > lo else "the model gave no range"
+        rng = age_range_words(lo, hi)
+        span = f"likely range {rng}" if rng else "the model's likely range is within a year"
         parts.append(f"{_where(f, n)} appears to be about {a['value']} years old (perceived age, {span})")
     if not parts:
         return Phrase("The age model gave no estimate for these faces.", [])
@@ -334,7 +337,8 @@ def t_describe(it: Intent, r: dict) -> Phrase:
                                f["expression"]["probability"]))
         if "perceived_age" in f:
             a = f["perceived_age"]
-            bits.append(f"perceived age about {a['value']} (range {a['range'][0]}-{a['range'][1]} years)")
+            rng = age_range_words(*a["range"])
+            bits.append(f"perceived age about {a['value']}" + (f" (range {rng})" if rng else ""))
             ev.append(Evidence("analyze", r["image"], fid, "perceived_age_range", a["range"], a["probability"]))
         if "quality" in f:
             bits.append(f"image quality {f['quality']['score']:.2f}")

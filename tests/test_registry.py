@@ -157,3 +157,58 @@ def test_toolspec_is_the_public_unit():
     assert isinstance(spec, ToolSpec) and spec.openai() == openai_tools(["pose"])[0]
     args = spec.validate({"image": "image_1", "face_id": 2})
     assert args.face_id == 2
+
+
+# ------------------------------------------------------------------ tools for the common asks (issue 17)
+
+
+def test_position_argument_picks_one_face(store):
+    left = run_tool("pose", {"image": "image_2", "position": "left"}, store)
+    right = run_tool("pose", {"image": "image_2", "position": "right"}, store)
+    assert [f["face_id"] for f in left["faces"]] == [1]
+    assert [f["face_id"] for f in right["faces"]] == [right["num_faces"]] == [6]
+    top_right = run_tool("attributes", {"image": "image_2", "position": "top right"}, store)["faces"][0]
+    assert top_right["face_id"] == 5  # the man near the top, right of centre in t1.jpg
+    with pytest.raises(ToolError, match="either face_id or position"):
+        run_tool("pose", {"image": "image_2", "position": "left", "face_id": 2}, store)
+    with pytest.raises(ToolError, match="bad arguments"):
+        run_tool("pose", {"image": "image_2", "position": "upstairs"}, store)
+
+
+def test_rank_orders_faces(store):
+    r = run_tool("rank", {"image": "image_2", "by": "age"}, store)
+    values = [o["value"] for o in r["order"]]
+    assert len(values) == 6 and values == sorted(values, reverse=True)
+    assert r["highest"] == r["order"][0]["face_id"] and r["lowest"] == r["order"][-1]["face_id"]
+    smile = run_tool("rank", {"image": "image_2", "by": "smile"}, store)
+    assert smile["order"][0]["face_id"] in (3, 4)  # the two laughing men in the middle
+    eyes = run_tool("rank", {"image": "image_2", "by": "eyes_open"}, store)
+    assert {o["face_id"] for o in eyes["order"][-3:]} == {1, 4, 6}  # nearly closed eyes rank last
+
+
+def test_gaze_and_passport_and_hair(store):
+    g = run_tool("gaze", {"image": "image_4"}, store)["faces"][0]["gaze"]
+    assert g["looking_at_camera"] is True and abs(g["yaw"]) < 10  # Grace Hopper faces the camera
+    group = run_tool("gaze", {"image": "image_2", "position": "top left"}, store)["faces"][0]["gaze"]
+    assert group["looking_at_camera"] is False  # face 2 turns her head away (yaw ~ -33)
+    solo = run_tool("passport", {"image": "image_4"}, store)
+    names = [c["check"] for c in solo["checks"]]
+    assert names[:2] == ["one face", "frontal head"] and "even lighting" in names and "face size" in names
+    assert all({"measured", "limit", "ok"} <= set(c) for c in solo["checks"])
+    assert solo["suitable"] == (not solo["failed"])
+    many = run_tool("passport", {"image": "image_2"}, store)
+    assert many["suitable"] is False and many["failed"] == ["one face"]
+    hair = run_tool("hair", {"image": "image_2", "position": "right"}, store)["faces"][0]
+    assert hair["hair_visible"] and hair["hair_colour"] in ("blond", "light brown")  # the fair-haired woman
+
+
+def test_observation_is_compact_and_keeps_the_answer(store):
+    from facellm.tools.registry import observation, observation_json
+
+    r = run_tool("expression", {"image": "image_2"}, store)
+    obs = observation(r)
+    assert len(observation_json(r)) < 0.6 * len(result_json(r))
+    f = obs["faces"][2]
+    assert "box" not in f and "source" not in json.dumps(obs) and "kind" not in json.dumps(obs)
+    assert f["cues"]["smile"] == r["faces"][2]["cues"]["smile"]["score"]  # cue -> its score
+    assert observation({"error": "there is no face 9"}) == {"error": "there is no face 9"}

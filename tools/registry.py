@@ -296,10 +296,15 @@ def _by_position(fa: FaceAnalysis, position: str) -> Face:
         cx, cy = f.box.center
         return cx / w, cy / h
 
+    def corner(f: Face, x: float, y: float) -> float:
+        fx, fy = xy(f)
+        return (fx - x) ** 2 + (fy - y) ** 2
+
     key = {"left": lambda f: xy(f)[0], "right": lambda f: -xy(f)[0], "top": lambda f: xy(f)[1],
            "bottom": lambda f: -xy(f)[1], "centre": lambda f: abs(xy(f)[0] - 0.5) + abs(xy(f)[1] - 0.5),
-           "top left": lambda f: xy(f)[0] + xy(f)[1], "top right": lambda f: xy(f)[1] - xy(f)[0],
-           "bottom left": lambda f: xy(f)[0] - xy(f)[1], "bottom right": lambda f: -(xy(f)[0] + xy(f)[1]),
+           # corners: the face nearest that corner of the frame
+           "top left": lambda f: corner(f, 0, 0), "top right": lambda f: corner(f, 1, 0),
+           "bottom left": lambda f: corner(f, 0, 1), "bottom right": lambda f: corner(f, 1, 1),
            "largest": lambda f: -f.box.area, "smallest": lambda f: f.box.area}[position]
     return min(fa.faces, key=key)
 

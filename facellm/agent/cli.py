@@ -111,7 +111,8 @@ def _print_result(r: AgentResult, as_json: bool, out: TextIO) -> None:
         return
     print(r.answer, file=out)
     flags = [] if r.grounding.ok else [f"{len(r.grounding.contradictions)} claim(s) contradict the tools"]
-    label = {"model": "model-chosen tools", "rules": "rule-routed tools", "none": "no tools"}[r.path]
+    label = {"model": "answered by: model (it chose the tools)", "rules": "answered by: rules (keyword fallback)",
+             "none": "answered by: " + ("model, no tool needed" if r.answer_source == "model" else "no tool")}[r.path]
     print(f"  [{label}; tools {r.tool_s:.2f} s, model {r.model_s:.2f} s"
           + (f"; {'; '.join(flags)}" if flags else "") + "]", file=out, flush=True)
 

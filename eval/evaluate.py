@@ -14,7 +14,8 @@ from .responders import MajorityBaseline, RandomBaseline, Responder
 from .runner import ResponseCache, run_responder
 from .scoring import score_all
 
-BASELINES = ("random", "majority", "no_image", "tools")
+BASELINES = ("random", "majority", "no_image", "tools", "untrained", "agent")
+DEFAULT_BASELINES = ("random", "majority", "no_image", "tools")  # untrained and agent: asked for by name
 
 
 @dataclass
@@ -37,7 +38,7 @@ def baseline_responders(names: list[str], benchmark: Benchmark) -> list[Responde
             from .tools_agent import ToolsOnlyAgent
 
             out.append(ToolsOnlyAgent())
-        elif n != "no_image":
+        elif n not in ("no_image", "untrained", "agent"):  # these need the model (the CLI adds them)
             raise ValueError(f"unknown baseline {n!r}; choose from {', '.join(BASELINES)}")
     return out
 
@@ -89,6 +90,9 @@ def evaluate(benchmark: Benchmark, responders: list[Responder], out: str | Path,
                          "it strong, so read it as an upper bound for answering without looking.")
     if any(r.name == "tools-only" for r in responders):
         all_notes.append("tools-only: facellm.tools' estimates turned into answers by fixed rules, no LM.")
+    if any(hasattr(r, "run_item") for r in responders):
+        all_notes.append("agent: `facellm ask --agent` on each item's question (a fresh conversation per item); its "
+                         "tool calls are scored like the model's.")
     groups: dict[str, set[str]] = {}
     for it in benchmark.items:
         for axis, g in it.groups.items():

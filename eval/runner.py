@@ -176,8 +176,8 @@ def run_responder(responder: Responder, items: Sequence[EvalItem], setting: str 
                unit="item", disable=not progress, leave=True)
 
     def one(it: EvalItem) -> dict:
-        try:
-            out = run_item(responder, it, setting)
+        try:  # a system with its own loop (the agent) answers whole items
+            out = responder.run_item(it, setting) if hasattr(responder, "run_item") else run_item(responder, it, setting)
         except Exception as e:  # a failed request is a wrong answer now and a retry on resume, not a crash
             return {"item": it.id, "model": responder.name, "setting": setting, "turns": [], "tool_calls": [],
                     "tool_evidence": [], "final": "", "error": f"{type(e).__name__}: {e}"[:500], "seconds": 0.0}

@@ -62,7 +62,7 @@ class ToolsOnlyAgent:
         self._lock = threading.Lock()
 
     def identity(self) -> str:
-        return json.dumps(["tools-only", 2])  # bump when its rules change
+        return json.dumps(["tools-only", 3])  # bump when its rules change
 
     # -- the tools ------------------------------------------------------------------------------
     def analysis(self, item: EvalItem, index: int = 0) -> FaceAnalysis:
@@ -113,6 +113,10 @@ class ToolsOnlyAgent:
         if item.meta.get("text_only") or not item.images:
             return Reply(content="")
         fa = self.analysis(item)
+        if item.kind == "attribute" and item.attribute == "count":
+            return Reply(content=str(fa.num_faces))
+        if item.kind == "attribute" and item.attribute == "same_person":
+            return Reply(content=self._same_person(item, fa))
         f = self.facts(self._face(fa, item.question))
         if item.kind == "attribute":
             value = f.get(item.attribute)
@@ -155,6 +159,24 @@ class ToolsOnlyAgent:
             if words & set(_norm(opts[best]).split()):
                 return LETTERS[best]
         return "A"  # no rule applies: a fixed guess
+
+    def _same_person(self, item: EvalItem, fa: FaceAnalysis) -> str:
+        """Two faces side by side in one image (or two images): the recognizer's verdict, yes or no."""
+        from facellm.tools.registry import ImageStore, run_tool
+
+        store = ImageStore({f"image_{i + 1}": p for i, p in enumerate(item.images)})
+        if len(item.images) > 1:
+            args = {"image_a": "image_1", "image_b": "image_2"}
+        elif fa.num_faces >= 2:
+            first, second = sorted(fa.faces, key=lambda f: f.box.area, reverse=True)[:2]
+            a, b = sorted((first.id, second.id))
+            args = {"image_a": "image_1", "image_b": "image_1", "face_a": a, "face_b": b}
+        else:
+            return ""  # one face found: nothing to compare
+        try:
+            return "yes" if run_tool("verify", args, store)["same_person"] else "no"
+        except ValueError:
+            return ""
 
     def _choose_api(self, item: EvalItem) -> str:
         """Tool retrieval: the option whose API calls cover most of the topics the question names."""

@@ -95,9 +95,11 @@ CANDIDATE_FLOOR = 0.2  # BlazeFace score from which a candidate goes to the pres
 MAX_CANDIDATES = 200  # presence checks per image at most (~1.3 ms each), best BlazeFace scores first
 SURE_SCORE, SURE_PRESENCE = 0.6, 0.99  # above both, the second (refined-ROI) presence check is skipped
 LOOK_FLOOR = 0.4  # the cheap look at turned images verifies only candidates this sure (it wants clear faces)
-CONFIDENT = 0.85  # a face this sure (mean of BlazeFace and mesh presence) settles the photo's orientation
+CONFIDENT = 0.85  # a face this sure (mean of BlazeFace and mesh presence) settles the photo's orientation...
+UPRIGHT_ROLL = 30.0  # ...when its eye line is within this many degrees of level
 DUPLICATE_IOU = 0.2  # mesh extents overlapping more than this are one face
 NESTED = 0.6  # a box sharing this much of the smaller box's area with a better one is a duplicate
+PIECE_OVERLAP, PIECE_RATIO = 0.4, 3.0  # ... or this much, when the other box is this many times larger
 PRESENCE_THRESHOLD = 0.5  # MediaPipe's face-presence threshold for its mesh model
 
 
@@ -319,31 +321,56 @@ def _drop_cut(det: RawDetections, tile: Tile, width: int, height: int) -> RawDet
     return det.take(np.nonzero(~cut)[0])
 
 
+def _overlap(e: np.ndarray, i: int, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection over the smaller box, IoU) of box ``i`` with boxes ``k`` of ``e`` (x1, y1, x2, y2)."""
+    ix = np.clip(np.minimum(e[i, 2], e[k, 2]) - np.maximum(e[i, 0], e[k, 0]), 0, None)
+    iy = np.clip(np.minimum(e[i, 3], e[k, 3]) - np.maximum(e[i, 1], e[k, 1]), 0, None)
+    inter = ix * iy
+    areas = np.maximum((e[:, 2] - e[:, 0]) * (e[:, 3] - e[:, 1]), 1e-9)
+    return inter / np.minimum(areas[i], areas[k]), inter / (areas[i] + areas[k] - inter)
+
+
+def _inside(points: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Whether all ``points`` (P, 2) lie inside each box of ``e`` (K, 4)."""
+    x, y = points[:, 0][None], points[:, 1][None]
+    return ((x >= e[:, 0:1]) & (x <= e[:, 2:3]) & (y >= e[:, 1:2]) & (y <= e[:, 3:4])).all(axis=1)
+
+
 def _distinct(det: RawDetections, extent: np.ndarray) -> np.ndarray:
     """Indices of the candidates that are distinct faces (best score wins), in input order.
 
-    Weighted NMS (IoU > 0.3) leaves some duplicates: a box shifted by half a face, or twice a face's
-    size around it, overlaps the face's box by IoU ~0.25, and the mesh model, tolerant of a shifted
-    crop, still finds the face in it. ``extent`` is where each candidate's face is (its mesh's extent
-    when verified): two candidates are one face when their extents overlap by IoU > 0.2, their centres
-    are closer than 0.6 x the smaller extent's size, or one extent mostly lies inside the other (faces
-    do not nest in photos; two distinct faces side by side overlap far less)."""
+    Weighted NMS (IoU > 0.3) leaves duplicates: a box shifted by half a face, a box of another pass (tiles,
+    the other model) at another scale around the same face (IoU ~0.25 with it), and the mesh model, tolerant
+    of a shifted crop, still finds the face in it. A candidate is the same face as a better one when
+
+    * their faces' extents (the meshes' when verified) overlap by IoU > 0.2, their centres are closer than
+      0.6 x the smaller extent's size, or one mostly lies inside the other;
+    * or their detector boxes mostly nest (over 0.6 of the smaller box inside the other): a box at
+      another scale around one face, whatever its mesh did; or a box a third of the other's size or less
+      lies 40 % or more on it (a cheek or an ear found as a tiny face at the edge of a big one);
+    * or its own eyes and nose tip all fall inside the better face's extent (key points agree on the face).
+
+    Faces do not nest in photos, and two faces side by side overlap far less than any of these, so a
+    merge only ever removes a detection: fusing passes cannot add a face."""
     order = np.argsort(-det.scores, kind="stable")
     keep: list[int] = []
     e = extent
-    areas = np.maximum((e[:, 2] - e[:, 0]) * (e[:, 3] - e[:, 1]), 1e-9)
+    b = det.boxes.astype(np.float64)
     centres = (e[:, :2] + e[:, 2:]) / 2
     sizes = np.maximum(e[:, 2] - e[:, 0], e[:, 3] - e[:, 1])
+    sizes_b = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
     for i in order:
         if keep:
             k = np.array(keep)
-            ix = np.clip(np.minimum(e[i, 2], e[k, 2]) - np.maximum(e[i, 0], e[k, 0]), 0, None)
-            iy = np.clip(np.minimum(e[i, 3], e[k, 3]) - np.maximum(e[i, 1], e[k, 1]), 0, None)
-            inter = ix * iy
-            nested = inter / np.minimum(areas[i], areas[k]) > NESTED
-            overlap = inter / (areas[i] + areas[k] - inter) > DUPLICATE_IOU
+            nested, iou = _overlap(e, i, k)
+            boxes_nested, _ = _overlap(b, i, k)
             close = np.linalg.norm(centres[k] - centres[i], axis=1) < 0.6 * np.minimum(sizes[i], sizes[k])
-            if np.any(nested | overlap | close):
+            same_points = _inside(det.points[i, :3].astype(np.float64), e[k])
+            # a box a third of a face's size or less, mostly on that face's box: a piece of that face (a cheek,
+            # an ear) seen at another scale, not a face behind it
+            ratio = np.maximum(sizes_b[i], sizes_b[k]) / np.maximum(np.minimum(sizes_b[i], sizes_b[k]), 1e-9)
+            piece = (boxes_nested > PIECE_OVERLAP) & (ratio >= PIECE_RATIO)
+            if np.any((nested > NESTED) | (iou > DUPLICATE_IOU) | close | (boxes_nested > NESTED) | piece | same_points):
                 continue
         keep.append(int(i))
     return np.array(sorted(keep), dtype=np.int64)
@@ -509,7 +536,10 @@ class MediaPipeDetector:
             return found
         turn = _turn_to_level(found)
         by_roll = turn is not None
-        confident = len(found.scores) > 0 and float(found.scores.max()) >= CONFIDENT
+        # a confident face settles the orientation only if it is about upright: sideways faces in a turned
+        # photo can score ~0.87 upright with a mesh roll of ~40 degrees (the mesh leans to its ROI's angle)
+        upright = np.abs(found.roll) <= UPRIGHT_ROLL if found.roll is not None else np.ones(len(found.scores), bool)
+        confident = bool(np.any((found.scores >= CONFIDENT) & upright))
         if turn is None and (self.rotations == "always" or not confident):
             # Cheap look (whole-image passes only) at the image turned by 90, 180 and 270 degrees.
             # Upside-down faces fool both models now and then (found "upright" with the eyes where the

@@ -78,7 +78,7 @@ class PrefixReuse:
                 kv = self._kv
                 if shared < len(self._ids):
                     kv = copy.deepcopy(kv)
-                    kv.crop(shared)
+                    kv.crop(shared - len(self._ids))  # a negative crop drops that many tokens from the end
                 self.stats.hits += 1
                 self.stats.reused_tokens += shared
             else:

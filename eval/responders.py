@@ -216,16 +216,18 @@ class RandomBaseline:
         self.name = "random"
 
     def identity(self) -> str:
-        return json.dumps(["random", self.seed])
+        return json.dumps(["random", self.seed, 2])  # bump when its answers change
 
     def respond(self, item: EvalItem, messages: list[dict], tools: list[dict] | None) -> Reply:
         rng = _seeded(self.seed, item.id, len(messages))
         if item.kind == "mc":
             return Reply(content=rng.choice(LETTERS[: len(item.options)]))
         if item.kind == "attribute":
-            pools = {"expression": EXPRESSIONS, "gender": _GENDERS, "age_group": AGE_GROUPS}
+            pools = {"expression": EXPRESSIONS, "gender": _GENDERS, "age_group": AGE_GROUPS, "same_person": ("yes", "no")}
             if item.attribute == "age":
                 return Reply(content=str(rng.randint(1, 80)))
+            if item.attribute == "count":
+                return Reply(content=str(rng.randint(1, 5)))
             return Reply(content=rng.choice(pools[item.attribute]))
         if item.kind == "tool" and tools and len(messages) == 1:
             name = rng.choice([t["function"]["name"] for t in tools])

@@ -36,6 +36,13 @@ QUESTIONS = [  # (photo, question): the issue's typical questions
     ("astronaut", "Is this the same person as the enrolled one?"),
     ("group", "Who is on the left?"),
     ("group", "Who is smiling?"),
+    # issue 17's common asks: the new tools (gaze, rank, passport, hair) and targeted faces
+    ("group", "Which person looks the oldest?"),
+    ("group", "Whose eyes are closed?"),
+    ("grace_hopper", "Is this good enough for a passport photo?"),
+    ("group", "Who is looking at the camera?"),
+    ("group", "What colour is the hair of the woman on the right?"),
+    ("group", "How old does the man at the top right look?"),
 ]
 
 
@@ -96,6 +103,16 @@ def main() -> None:
                f"| tools | {pct(tools, .5):.2f} | {pct(tools, .95):.2f} |",
                f"| model | {pct(models, .5):.2f} | {pct(models, .95):.2f} |",
                f"| follow-up (cached analysis) | {pct(follow, .5):.2f} | {pct(follow, .95):.2f} |"]
+    if model is not None:  # the same questions rules-only (no model), in the same run: what the model costs
+        rules_t = []
+        for name, q in QUESTIONS:
+            for _ in range(args.repeat):
+                rules_t.append(FaceAgent(None, images=[photo(name)], gallery=gallery).ask(q).total_s)
+        paths = {p: sum(1 for r in rows if f"| {p} |" in r) for p in ("model", "rules", "none")}
+        summary += ["", f"Rules only (no model), same questions, same run: p50 {pct(rules_t, .5):.2f} s, p95 "
+                        f"{pct(rules_t, .95):.2f} s; model first: p50 {pct(totals, .5):.2f} s "
+                        f"(ratio {pct(totals, .5) / max(pct(rules_t, .5), 1e-9):.1f}x). Answering path with the "
+                        f"model: {paths}."]
     if args.server != "none":
         summary += server_section(args, gallery.path)
     text = "\n".join(head + rows + summary)

@@ -322,7 +322,7 @@ class FaceAgent:
         texts, evidence = [], []
         for intent in plan.intents:
             n = None
-            if intent.target.side == "right":  # "on the right" needs the face count first
+            if intent.target.side and intent.target.side.startswith("right"):  # "on the right" needs the count
                 det = self._run("detect", {"image": intent.target.image}, "rules")
                 records.append(det)
                 n = det.result["num_faces"] if det.ok and det.result else None

@@ -72,10 +72,25 @@ def _image_refs(q: str, image_ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+_CORNER_RX = r"\b(?:at|in|on) the (top|upper|bottom|lower) (left|right)\b|\b(top|bottom)[- ](left|right)\b"
+
+
 def _face_ref(q: str) -> tuple[int | None, str | None]:
+    """The face a question singles out: (face_id, None), or (None, side) where side is "left", "right",
+    "right-K" (K-th from the right: needs the count) or a registry ``position`` ("top right", "centre", ...)."""
     m = re.search(r"\bface (?:number |#)?(\d+)\b", q)
     if m:
         return int(m.group(1)), None
+    m = re.search(r"\b(first|second|third|fourth|fifth|sixth)\s+(?:\w+\s+)?from the (left|right)\b", q)
+    if m:
+        k = ORDINALS.index(m.group(1)) + 1
+        return (k, None) if m.group(2) == "left" else (None, "right" if k == 1 else f"right-{k}")
+    m = re.search(_CORNER_RX, q)
+    if m:
+        v, h = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        return None, f"{'top' if v in ('top', 'upper') else 'bottom'} {h}"
+    if re.search(r"\b(in the (centre|center|middle))\b", q):
+        return None, "centre"
     if re.search(r"\b(on the (far )?left|leftmost|left-most|left side)\b", q):
         return None, "left"
     if re.search(r"\b(on the (far )?right|rightmost|right-most|right side)\b", q):
@@ -142,6 +157,9 @@ def tool_calls(intent: Intent, num_faces: int | None) -> list[tuple[str, dict]]:
     fid = resolve_face(intent.target, num_faces)
     if fid is not None:
         args["face_id"] = fid
+    elif intent.target.side and intent.target.side not in ("left", "right") and \
+            not intent.target.side.startswith("right-"):
+        args["position"] = intent.target.side  # "top right", "centre": the registry picks that face
     if intent.name == "identify" and intent.asked_name:
         args["top_k"] = 2
     return [(_TOOL_OF[intent.name], args)]
@@ -174,6 +192,9 @@ def resolve_face(target: Target, num_faces: int | None) -> int | None:
         return 1
     if target.side == "right" and num_faces:
         return num_faces
+    if target.side and target.side.startswith("right-") and num_faces:
+        k = int(target.side.split("-")[1])
+        return num_faces - k + 1 if k <= num_faces else None
     return None
 
 

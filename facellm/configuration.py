@@ -53,6 +53,8 @@ class FaceLLMConfig(PretrainedConfig):
       bias_type: "proximity" (-d^2/2 under each region's own Gaussian footprint in grid cells), "mask" (log
         of the parser's region coverage per grid cell; proximity where a region has no mask) or "none".
       max_faces: faces per image that get tokens (the most confident are kept).
+      patch_pool: the LM sees the patch grid average-pooled by this factor (2: 7x7 = 49 tokens instead of
+        14x14 = 196; the region encoder still works on the full grid, so face tokens keep their detail).
     Projector: projector_hidden (None: the LM's hidden size). Training: freeze_vision, freeze_lm (the LM's
       own weights; LoRA adapters train regardless), lora (None or a dict: r, alpha, dropout, target_modules),
       load_in_4bit (QLoRA through bitsandbytes).
@@ -90,6 +92,7 @@ class FaceLLMConfig(PretrainedConfig):
         lora: dict | None = None,
         load_in_4bit: bool = False,
         chat_template: str = "facellm",
+        patch_pool: int = 1,
         **kwargs,
     ) -> None:
         from facellm.vision import VisionTowerConfig
@@ -131,6 +134,9 @@ class FaceLLMConfig(PretrainedConfig):
         if chat_template not in ("facellm", "lm"):
             raise ValueError(f"chat_template must be 'facellm' (ChatML + Hermes tool calls) or 'lm', not {chat_template!r}")
         self.chat_template = chat_template
+        if int(patch_pool) < 1:
+            raise ValueError("patch_pool must be >= 1 (1 = every patch token; 2 = a 2x2-pooled grid)")
+        self.patch_pool = int(patch_pool)
         kwargs.setdefault("architectures", ["FaceLLMForConditionalGeneration"])
         super().__init__(**kwargs)
 

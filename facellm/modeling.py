@@ -137,13 +137,23 @@ class FaceLLMForConditionalGeneration(nn.Module):
         return out
 
     # ---------------------------------------------------------------- forward
-    def encode_images(self, pixel_values: torch.Tensor, face_mask: torch.Tensor | None = None,
-                      **face_data: torch.Tensor | None) -> list[torch.Tensor]:
-        """Per image, its projected tokens (N + faces * T, hidden) in placeholder order."""
-        out = self.vision_tower(pixel_values.to(self.vision_tower.device))
-        tokens = out.tokens
+    def encode_images(self, pixel_values: torch.Tensor | None = None, face_mask: torch.Tensor | None = None,
+                      vision_features: torch.Tensor | None = None, **face_data: torch.Tensor | None
+                      ) -> list[torch.Tensor]:
+        """Per image, its projected tokens (N + faces * T, hidden) in placeholder order.
+
+        ``vision_features``: the frozen tower's feature maps (B, C, H', W'), computed beforehand (the
+        trainer's feature cache); then ``pixel_values`` is not needed."""
+        if vision_features is not None:
+            fmap = vision_features.to(self.projector.fc1.weight.device)
+            grid = tuple(fmap.shape[-2:])
+            tokens = fmap.flatten(2).transpose(1, 2)
+        else:
+            out = self.vision_tower(pixel_values.to(self.vision_tower.device))
+            tokens, grid = out.tokens, tuple(out.feature_map.shape[-2:])
         dev = self.projector.fc1.weight.device
         if self.region_encoder is None:
+            tokens = self._pool_patches(tokens.to(dev), grid)
             proj = self.projector(tokens.to(dev, self.projector.fc1.weight.dtype))
             return list(proj)
         b = tokens.shape[0]
@@ -154,28 +164,39 @@ class FaceLLMForConditionalGeneration(nn.Module):
                          "region_point_mask": torch.zeros(b, 0, nr, p, dtype=torch.bool)}
         kw = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in face_data.items()}
         patches, faces = self.region_encoder(
-            tokens.to(dev), tuple(out.feature_map.shape[-2:]), face_mask=face_mask.to(dev),
+            tokens.to(dev), grid, face_mask=face_mask.to(dev),
             region_points=kw["region_points"], region_point_mask=kw["region_point_mask"],
             geometry=kw.get("face_geometry"), identity=kw.get("face_identity"),
             region_masks=kw.get("region_masks"), region_mask_valid=kw.get("region_mask_valid"))
+        patches = self._pool_patches(patches, grid)
         proj_p, proj_f = self.projector(patches), self.projector(faces)
         fm = face_mask.to(dev)
         return [torch.cat([proj_p[i], proj_f[i][fm[i]].flatten(0, 1)]) for i in range(b)]
 
+    def _pool_patches(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, gh*gw, d) -> (B, ceil(gh/k)*ceil(gw/k), d), averaged over k x k cells (``config.patch_pool``)."""
+        k = getattr(self.config, "patch_pool", 1)
+        if k <= 1:
+            return tokens
+        b, _, d = tokens.shape
+        fmap = tokens.transpose(1, 2).reshape(b, d, *grid)
+        pooled = nn.functional.avg_pool2d(fmap, k, k, ceil_mode=True)
+        return pooled.flatten(2).transpose(1, 2)
+
     def get_inputs_embeds(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                          **face_data) -> torch.Tensor:
+                          vision_features: torch.Tensor | None = None, **face_data) -> torch.Tensor:
         """Token embeddings with every <image> / <face> placeholder replaced by the visual tokens."""
         input_ids = input_ids.to(self.device)
         embed = self.lm.get_input_embeddings()
         embeds = embed(input_ids)
         slots = (input_ids == self.config.image_token_id) | (input_ids == self.config.face_token_id)
         n_slots = int(slots.sum())
-        if pixel_values is None:
+        if pixel_values is None and vision_features is None:
             if n_slots:
                 raise ValueError(f"{n_slots} image/face placeholder tokens but no pixel_values")
             return embeds
         face_data = {k: face_data.get(k) for k in FACE_KEYS if face_data.get(k) is not None}
-        visual = torch.cat(self.encode_images(pixel_values, **face_data)).to(embeds.device, embeds.dtype)
+        visual = torch.cat(self.encode_images(pixel_values, vision_features=vision_features, **face_data)).to(embeds.device, embeds.dtype)
         if visual.shape[0] != n_slots:
             raise ValueError(f"the text has {n_slots} placeholder tokens but the images give {visual.shape[0]} "
                              "tokens: process text and images together with model.processor")
@@ -183,10 +204,12 @@ class FaceLLMForConditionalGeneration(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                image_sizes: torch.Tensor | None = None, face_boxes: torch.Tensor | None = None, **kwargs):
-        """Like an HF causal LM: returns the LM's output (``loss`` when ``labels`` are given, ``logits``)."""
+                image_sizes: torch.Tensor | None = None, face_boxes: torch.Tensor | None = None,
+                vision_features: torch.Tensor | None = None, **kwargs):
+        """Like an HF causal LM: returns the LM's output (``loss`` when ``labels`` are given, ``logits``).
+        ``vision_features``: precomputed frozen-tower feature maps instead of running the tower on pixels."""
         face_data = {k: kwargs.pop(k) for k in FACE_KEYS if k in kwargs}
-        embeds = self.get_inputs_embeds(input_ids, pixel_values, **face_data)
+        embeds = self.get_inputs_embeds(input_ids, pixel_values, vision_features=vision_features, **face_data)
         if labels is not None:
             labels = labels.to(embeds.device)
         if attention_mask is not None:

@@ -10,7 +10,7 @@ Messages are OpenAI-style::
 
 Each image becomes a span of placeholder tokens in the text (token layout, default config)::
 
-    <image> x 196                                 the 14 x 14 patch tokens of the vision tower
+    <image> x 196                                 the 14 x 14 patch tokens of the vision tower (49 with patch_pool=2)
     \\nFace 1 (left): <face> x 10                   per face, left to right: 9 region tokens + 1 geometry
     \\nFace 2 (right): <face> x 10                  token (+1 identity token when that is on)
 
@@ -36,7 +36,7 @@ from transformers import BatchFeature
 
 from facellm.tools.image_io import ImageLoadError, LoadedImage, as_loaded
 from facellm.tools.schema import Face, FaceAnalysis
-from facellm.vision.base import PreprocessConfig, VisionInputs, preprocess_images
+from facellm.vision.base import PreprocessConfig, VisionInputs, layout_images, preprocess_images
 
 from .configuration import REGION_GROUPS, REGION_PARSE_LABELS, FaceLLMConfig
 
@@ -68,6 +68,7 @@ class ProcessorSettings:
     # "facellm": FaceLLM's ChatML + Hermes tool-call template (facellm.toolcall.CHAT_TEMPLATE), the one the
     # training traces, the server's tool parser and the agent share; "lm": keep the LM's own template.
     chat_template: str = "facellm"
+    patch_pool: int = 1  # the LM's patch tokens: the feature grid average-pooled by this factor
 
     def __post_init__(self) -> None:
         self.preprocess = PreprocessConfig(**self.preprocess).to_dict()  # JSON lists -> the config's tuples
@@ -80,7 +81,8 @@ class ProcessorSettings:
                    regions=list(config.regions), tokens_per_face=config.tokens_per_face,
                    use_identity_token=config.use_identity_token, bias_type=config.bias_type,
                    max_faces=config.max_faces, geometry_points=config.geometry_points,
-                   max_region_points=config.max_region_points, chat_template=config.chat_template)
+                   max_region_points=config.max_region_points, chat_template=config.chat_template,
+                   patch_pool=getattr(config, "patch_pool", 1))
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -90,6 +92,12 @@ class ProcessorSettings:
     def grid(self) -> tuple[int, int]:
         h, w = self.preprocess_config.size
         return math.ceil(h / self.stride), math.ceil(w / self.stride)
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """The patch-token grid the LM sees: ``grid`` pooled by ``patch_pool`` (ceil, like the model's pool)."""
+        gh, gw = self.grid
+        return math.ceil(gh / self.patch_pool), math.ceil(gw / self.patch_pool)
 
     @property
     def analysis_steps(self) -> tuple[str, ...]:
@@ -316,7 +324,7 @@ class FaceLLMProcessor:
 
     def _image_text(self, faces: list[Face], width: int, found: int) -> str:
         s = self.settings
-        gh, gw = s.grid
+        gh, gw = s.token_grid
         text = s.image_token * (gh * gw)
         if s.use_region_encoder:
             for i, f in enumerate(faces, start=1):
@@ -369,7 +377,8 @@ class FaceLLMProcessor:
     def __call__(self, conversations, images: Sequence[Any] | None = None,
                  analyses: Sequence[FaceAnalysis | None] | None = None, *, add_generation_prompt: bool = False,
                  padding_side: str | None = None, return_labels: bool = True,
-                 max_length: int | None = None, tools: Sequence | None = None) -> FaceLLMBatch:
+                 max_length: int | None = None, tools: Sequence | None = None,
+                 pixels: bool = True) -> FaceLLMBatch:
         """One conversation (a list of messages), a batch of them, or a plain question string.
 
         images: fill image parts that carry no image of their own (``{"type": "image"}``), in order.
@@ -379,6 +388,7 @@ class FaceLLMProcessor:
             a cut through an image's placeholder span would break the text/image alignment.
         tools: OpenAI-style tool definitions offered in the system turn (the chat template renders them): one
             list for every conversation, or one list (or None) per conversation.
+        pixels: False leaves out ``pixel_values`` (the caller brings the tower's features: training's cache).
         """
         if isinstance(conversations, str):
             conversations = [{"role": "user", "content": conversations}]
@@ -443,8 +453,11 @@ class FaceLLMProcessor:
         if return_labels:
             data["labels"] = labels
         if loaded:
-            vis = preprocess_images(loaded, s.preprocess_config)
-            data["pixel_values"] = vis.pixel_values
+            if pixels:
+                vis = preprocess_images(loaded, s.preprocess_config)
+                data["pixel_values"] = vis.pixel_values
+            else:
+                vis = layout_images([(img.height, img.width) for img in loaded], s.preprocess_config)
             data["image_sizes"] = vis.image_sizes
             if s.use_region_encoder:
                 data.update(self.face_tensors(faces_per_image, vis, [img.width for img in loaded]))

@@ -227,3 +227,25 @@ def test_openclip_tower(root, tmp_path):
             assert torch.equal(loaded(**batch).logits, ref)
     finally:
         del oc.OPENCLIP_ARCHS["FaceLLM-tiny"]
+
+
+def test_patch_pool_shows_fewer_patch_tokens_and_trains(root):
+    """patch_pool=2: the LM sees a 4x4 grid instead of the tiny tower's 8x8; face tokens are unchanged."""
+    full, pooled = tiny_model(root, "llama", "clip"), tiny_model(root, "llama", "clip", patch_pool=2)
+    conv = [ask("group", "Describe the image.", "six people")]
+    b_full, b_pool = _batch(full, conv, ["group"]), _batch(pooled, conv, ["group"])
+    n = lambda b, tok: int((b["input_ids"] == tok).sum())  # noqa: E731
+    assert n(b_full, full.config.image_token_id) == 64 and n(b_pool, pooled.config.image_token_id) == 16
+    assert n(b_full, full.config.face_token_id) == n(b_pool, pooled.config.face_token_id) == 4 * 10
+    out = pooled(**b_pool)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert pooled.region_encoder.patch_in.weight.grad.abs().sum() > 0
+    # pooling happens after the region encoder: the face tokens are the same either way
+    fm = {k: b_pool[k] for k in ("face_mask", "region_points", "region_point_mask", "face_geometry")}
+    with torch.no_grad():
+        t_pool = pooled.encode_images(b_pool["pixel_values"], **fm)[0]
+        pooled.config.patch_pool = 1
+        t_full = pooled.encode_images(b_pool["pixel_values"], **fm)[0]
+    assert t_pool.shape[0] == 16 + 40 and t_full.shape[0] == 64 + 40
+    assert torch.allclose(t_pool[16:], t_full[64:], atol=1e-5)  # face tokens do not depend on the pooling

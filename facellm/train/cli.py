@@ -7,11 +7,17 @@ import argparse
 
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help="train FaceLLM with a recipe (stage 1 alignment, stage 2 instruction tuning)")
-    t.add_argument("--recipe", default="default", help="built-in recipe (default, tiny, gpu-large) or a TOML file")
+    t.add_argument("--recipe", default="default", help="built-in recipe (default, real, tiny, gpu-large) or a TOML file")
     t.add_argument("--data", action="append", default=None, metavar="DIR",
                    help="data_gen output folder (repeatable; default: the recipe's `data`)")
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, the model folder)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (the same command again does too)")
+    t.add_argument("--analysis-cache", action="append", default=None, metavar="DIR",
+                   help="folder of data_gen tool analyses by image sha256 (data_gen --cache; repeatable; "
+                        "default: the recipe's analysis_cache)")
+    t.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
+                   help="override the recipe's mixed_precision (auto: bf16 autocast where the CPU/GPU has it)")
     t.add_argument("--max-steps", type=int, default=None, help="cap every stage at this many steps")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -23,10 +29,21 @@ def add_parser(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .trainer import train
+    import sys
 
-    folder = train(args.recipe, args.out, data=args.data, resume=args.resume, max_steps=args.max_steps,
-                   progress=not args.no_progress)
+    from .recipe import Recipe
+    from .trainer import TrainInterrupted, train
+
+    recipe = Recipe.load(args.recipe)
+    if args.analysis_cache is not None:
+        recipe.analysis_cache = list(args.analysis_cache)
+    if args.precision is not None:
+        recipe.mixed_precision = args.precision
+    try:
+        folder = train(recipe, args.out, data=args.data, resume=args.resume, max_steps=args.max_steps,
+                       progress=not args.no_progress)
+    except TrainInterrupted:
+        sys.exit(130)
     print(f"trained model: {folder}  (try: facellm ask --model {folder} PHOTO \"question\")")
 
 

@@ -34,6 +34,19 @@ class Example:
     messages: list[dict]  # OpenAI-style; image parts carry the path
     tools: list[str] = field(default_factory=list)
     answer: str = ""  # the final assistant answer (for the answer check)
+    category: str = ""
+    num_faces: int = 0  # from the record's compact analysis (for length estimates)
+    records: int = 1  # data_gen records in this example (> 1 when several were packed into one conversation)
+
+    def text_tokens(self) -> int:
+        """A cheap estimate (no tokenizer) of the text's tokens: ~3 characters per token, plus the system turn
+        and ~80 tokens per offered tool signature."""
+        return sum(len(_text_of(m)) for m in self.messages) // 3 + 70 + 80 * len(self.tools)
+
+    def approx_tokens(self, image_tokens: int, face_tokens: int = 14) -> int:
+        """Estimated sequence length (for length grouping and packing limits): text + image placeholder spans."""
+        images = sum(_image_parts(m) for m in self.messages)
+        return self.text_tokens() + images * (image_tokens + face_tokens * max(1, min(self.num_faces, 8)))
 
 
 def _to_messages(record: dict, image_path: str) -> list[dict]:
@@ -60,45 +73,170 @@ def _in_validation(group: str) -> bool:
     return int(hashlib.sha256(f"validation:{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < VALIDATION_SHARE
 
 
-def load_examples(folders: list[str | Path], splits: tuple[str, ...] = ("train",)) -> list[Example]:
+def load_examples(folders: list[str | Path], splits: tuple[str, ...] = ("train",),
+                  snapshot: dict[str, int] | None = None) -> list[Example]:
     """Every record of the given splits in the folders (data_gen output folders: records in ``shards/``).
 
-    The test split is never read for training. When the data has no validation split, a fixed 5% of the
-    train split's photo groups serve as one ("validation" here) and are left out of "train"."""
-    out = _read(folders)
-    if not any(e.split == "validation" for e in out):
-        for e in out:
+    The trainer never asks for the test split (evaluation tools may). When the data has no validation split, a
+    fixed 5% of the train split's photo groups serve as one ("validation" here) and are left out of "train".
+    ``snapshot`` (from ``snapshot_shards``): read only these shards' first lines (data_gen may still be adding)."""
+    return select_splits(read_examples(folders, snapshot, include_test="test" in splits), splits)
+
+
+def select_splits(examples: list[Example], splits: tuple[str, ...]) -> list[Example]:
+    if not any(e.split == "validation" for e in examples):
+        for e in examples:
             if e.split == "train" and _in_validation(e.group):
                 e.split = "validation"
-    return [e for e in out if e.split in splits]
+    return [e for e in examples if e.split in splits]
 
 
-def _read(folders: list[str | Path]) -> list[Example]:
+def _shards(folder: Path) -> list[Path]:
+    shards = sorted(folder.glob(SHARD_GLOB)) + sorted(folder.glob(f"shards/{SHARD_GLOB}"))
+    if not shards:
+        raise FileNotFoundError(f"{folder} has no {SHARD_GLOB} record files: build data with "
+                                "`facellm data generate --out DIR` first")
+    return shards
+
+
+def snapshot_shards(folders: list[str | Path]) -> dict[str, int]:
+    """Shard file -> its complete lines now. A run reads only these, so a resumed run sees the same records
+    while data_gen goes on appending (a half-written last line is not counted)."""
+    out = {}
+    for folder in folders:
+        for shard in _shards(Path(folder).expanduser()):
+            data = shard.read_bytes()
+            out[str(shard)] = data.count(b"\n")
+    return out
+
+
+def read_examples(folders: list[str | Path], snapshot: dict[str, int] | None = None,
+                  include_test: bool = False) -> list[Example]:
+    """Every record in the folders (or in the snapshot's lines of them); test records only when asked."""
     out: list[Example] = []
     for folder in folders:
         folder = Path(folder).expanduser()
-        shards = sorted(folder.glob(SHARD_GLOB)) + sorted(folder.glob(f"shards/{SHARD_GLOB}"))
-        if not shards:
-            raise FileNotFoundError(f"{folder} has no {SHARD_GLOB} record files: build data with "
-                                    "`facellm data generate --out DIR` first")
+        shards = _shards(folder)
+        if snapshot is not None:
+            gone = [k for k in snapshot if Path(k).parent in (folder, folder / "shards") and not Path(k).is_file()]
+            if gone:
+                raise FileNotFoundError(f"the run's data snapshot lists {gone[0]}, which is gone")
+            shards = [sh for sh in shards if str(sh) in snapshot]
         for shard in shards:
+            limit = snapshot[str(shard)] if snapshot is not None else None
             with shard.open(encoding="utf-8") as fh:
                 for n, line in enumerate(fh, 1):
-                    if not line.strip():
+                    if limit is not None and n > limit:
+                        break
+                    if not line.strip() or (not include_test and '"split":"test"' in line):
                         continue
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError:
                         raise ValueError(f"{shard}:{n}: not a JSON record") from None
+                    if rec.get("split") == "test" and not include_test:
+                        continue
                     img = Path(rec["image"]["path"])
                     img = img if img.is_absolute() else folder / img
                     msgs = _to_messages(rec, str(img))
                     answers = [m["content"] for m in msgs if m["role"] == "assistant" and m.get("content")]
+                    faces = rec.get("faces") or {}
                     out.append(Example(id=rec["id"], style=rec["style"], split=rec["split"], image=str(img),
                                        sha256=rec["image"]["sha256"], group=rec.get("group") or rec["id"],
                                        messages=msgs, tools=rec.get("tools") or [],
-                                       answer=answers[-1] if answers else ""))
+                                       answer=answers[-1] if answers else "", category=rec.get("category", ""),
+                                       num_faces=len(faces.get("faces") or [])))
     return out
+
+
+def _text_of(message: dict) -> str:
+    c = message.get("content")
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):
+        return " ".join(p.get("text") or "" for p in c if isinstance(p, dict))
+    return str(message.get("tool_calls") or "")
+
+
+def _image_parts(message: dict) -> int:
+    c = message.get("content")
+    return sum(1 for p in c if isinstance(p, dict) and p.get("type") == "image") if isinstance(c, list) else 0
+
+
+def _without_image(message: dict) -> dict:
+    c = message["content"]
+    return {**message, "content": [p for p in c if not (isinstance(p, dict) and p.get("type") == "image")]}
+
+
+def pack_examples(examples: list[Example], max_records: int, max_tokens: int, image_tokens: int,
+                  styles: tuple[str, ...] | None = None) -> list[Example]:
+    """Several records about the same image, of the same style, as ONE multi-turn conversation.
+
+    The image and the system turn are paid once; every assistant turn keeps its label. A pack never holds
+    two records of the same question category, so a later turn cannot just copy an earlier answer instead of
+    looking at the image. Agent traces are not packed by default (a second trace would see the first one's
+    tool results). ``styles``: the styles to pack (default: all but agent). Deterministic: data order."""
+    if max_records <= 1:
+        return list(examples)
+    styles = tuple(styles) if styles is not None else ("fairfacegpt", "faceinstruct", "facecaption")
+    groups: dict[tuple, list[Example]] = {}
+    for e in examples:
+        packable = (e.style in styles and e.messages and e.messages[0]["role"] == "user"
+                    and _image_parts(e.messages[0]) == 1 and sum(_image_parts(m) for m in e.messages) == 1)
+        key = (e.sha256, e.style, tuple(e.tools)) if packable else ("solo", e.id)
+        groups.setdefault(key, []).append(e)
+    out: list[Example] = []
+    for members in groups.values():
+        packs: list[list[Example]] = []
+        for e in members:
+            for pk in packs:
+                size = pk[0].approx_tokens(image_tokens) + sum(x.text_tokens() - 70 for x in pk[1:])
+                if (len(pk) < max_records and not any(e.category and x.category == e.category for x in pk)
+                        and size + e.text_tokens() - 70 <= max_tokens):
+                    pk.append(e)
+                    break
+            else:
+                packs.append([e])
+        for pk in packs:
+            if len(pk) == 1:
+                out.append(pk[0])
+                continue
+            msgs = list(pk[0].messages)
+            for e in pk[1:]:
+                msgs += [_without_image(e.messages[0])] + list(e.messages[1:])
+            first = pk[0]
+            out.append(Example(id="+".join(e.id for e in pk), style=first.style, split=first.split,
+                               image=first.image, sha256=first.sha256, group=first.group, messages=msgs,
+                               tools=first.tools, answer=pk[-1].answer, category=first.category,
+                               num_faces=first.num_faces, records=len(pk)))
+    return out
+
+
+class LengthGroupedOrder:
+    """Position -> example index, like ``MixtureOrder``, but inside each window of ``window`` positions the
+    examples are sorted by length and cut into batches of ``batch`` (whose order is then shuffled), so that
+    a padded batch wastes little. Still a pure function of (seed, position): resume sees the same batches."""
+
+    def __init__(self, order: "MixtureOrder", lengths: list[int], batch: int, window_batches: int = 16) -> None:
+        self.order, self.lengths, self.batch = order, lengths, batch
+        self.window = batch * window_batches
+        self.epoch_len = order.epoch_len
+        self._cache: tuple[int, list[int]] | None = None
+
+    def _window(self, w: int) -> list[int]:
+        if self._cache and self._cache[0] == w:
+            return self._cache[1]
+        idx = [self.order[w * self.window + i] for i in range(self.window)]
+        idx.sort(key=lambda i: self.lengths[i])
+        chunks = [idx[k:k + self.batch] for k in range(0, len(idx), self.batch)]
+        random.Random(self.order.seed * 7919 + w).shuffle(chunks)
+        flat = [i for c in chunks for i in c]
+        self._cache = (w, flat)
+        return flat
+
+    def __getitem__(self, position: int) -> int:
+        w, k = divmod(position, self.window)
+        return self._window(w)[k]
 
 
 class MixtureOrder:
@@ -145,11 +283,13 @@ class AnalysisCache:
     Reuses data_gen's full analyses when the data folder has them (``cache/analysis/<sha256>.json``), and
     keeps its own under the run folder, so a resumed or repeated run never recomputes them."""
 
-    def __init__(self, processor, folder: Path, data_folders: list[Path]) -> None:
+    def __init__(self, processor, folder: Path, data_folders: list[Path], extra: list[Path] = ()) -> None:
         self.processor = processor
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.sources = [self.folder] + [Path(d).expanduser() / "cache" / "analysis" for d in data_folders]
+        self.sources = [self.folder] + [Path(d).expanduser() / "cache" / "analysis" for d in data_folders] + \
+            [Path(d).expanduser() for d in extra]
+        self.computed = 0  # images the face tools had to analyse here (no data_gen analysis found)
         self.memory: dict[str, FaceAnalysis] = {}
 
     def get(self, ex: Example) -> FaceAnalysis:
@@ -166,6 +306,7 @@ class AnalysisCache:
             from facellm.tools.image_io import load_image
 
             fa = self.processor.analyze(load_image(ex.image))
+            self.computed += 1
             tmp = self.folder / f"{ex.sha256}.json.tmp"
             tmp.write_text(fa.to_json())
             tmp.replace(self.folder / f"{ex.sha256}.json")

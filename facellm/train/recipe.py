@@ -55,7 +55,12 @@ class StageRecipe:
     eval_every: int = 50  # steps; 0 = only at the end
     eval_items: int = 32  # held-out records for the loss / answer check
     save_every: int = 25  # checkpoint interval in steps
+    save_minutes: float = 5.0  # ... and at least this often in wall time
     keep_checkpoints: int = 2
+    pack: int = 1  # up to this many records about one image in one multi-turn conversation (1 = no packing)
+    pack_styles: list[str] = field(default_factory=lambda: ["fairfacegpt", "faceinstruct", "facecaption"])
+    group_by_length: bool = True  # batch_size > 1: batches of similar length (less padding)
+    log_every: int = 25  # steps between plain progress lines (loss, records/h, ETA)
 
     def __post_init__(self) -> None:
         bad = [p for p in self.train if p not in TRAINABLE_PARTS]
@@ -69,6 +74,8 @@ class StageRecipe:
             raise RecipeError(f"stage {self.name!r}: mixture needs at least one style with a weight >= 0")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise RecipeError(f"stage {self.name!r}: schedule must be cosine, linear or constant")
+        if self.pack < 1:
+            raise RecipeError(f"stage {self.name!r}: pack must be >= 1")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise RecipeError(f"stage {self.name!r}: batch_size and grad_accum must be >= 1")
 
@@ -80,8 +87,11 @@ class Recipe:
     model: dict = field(default_factory=dict)  # FaceLLMConfig fields
     data: list[str] = field(default_factory=list)  # data_gen output folders
     seed: int = 0
-    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 (no) on CPU
+    mixed_precision: str = "auto"  # auto: bf16 autocast on a GPU or a CPU with amx_bf16/avx512_bf16, else fp32
     description: str = ""
+    analysis_cache: list[str] = field(default_factory=list)  # more folders of data_gen tool analyses (sha256.json)
+    feature_cache: bool = True  # cache the frozen vision tower's features per image
+    feature_cache_dir: str | None = None  # default $FACELLM_HOME/cache/features
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "Recipe":
@@ -119,6 +129,10 @@ class Recipe:
             raise RecipeError(f"{where}: stage names must be unique, got {names}")
         data = raw.pop("data", [])
         data = [data] if isinstance(data, str) else list(data)
+        if isinstance(raw.get("analysis_cache"), str):
+            raw["analysis_cache"] = [raw["analysis_cache"]]
+        if raw.get("mixed_precision", "auto") not in ("auto", "bf16", "fp16", "no", "fp32"):
+            raise RecipeError(f"{where}: mixed_precision must be auto, bf16, fp16 or no (fp32)")
         known = {f.name for f in fields(cls)} - {"stages", "data"}
         unknown = set(raw) - known
         if unknown:

@@ -1,6 +1,6 @@
 """The training loop: one recipe, its stages in order, on ``accelerate`` (one CPU to many GPUs, no code change).
 
-    facellm train --recipe default --data DATA_DIR --out runs/default [--resume]
+    facellm train --recipe default --data DATA_DIR --out runs/default     # the same command again continues it
     accelerate launch -m facellm.cli train --recipe gpu-large --data ... --out ...   # multi-GPU / FSDP / DeepSpeed
 
 Run folder::
@@ -14,14 +14,18 @@ Run folder::
       2-instruct/ ...
       model -> 2-instruct/final   the finished model folder
 
-Resume (``--resume``): finished stages are skipped; the running stage restarts from its newest complete
+Resume (the same command again; ``--resume`` says it explicitly): finished stages are skipped; a run folder
+started with another recipe or data is refused. The running stage restarts from its newest complete
 checkpoint with the same optimizer, schedule, RNG and data position, so it sees the same examples in the
 same order as a run that was never stopped. Checkpoints are written to a temporary folder and renamed, so a
-SIGKILL mid-write leaves the previous checkpoint intact.
+SIGKILL mid-write leaves the previous checkpoint intact. Checkpoints are written every ``save_every`` steps and
+at least every ``save_minutes``; Ctrl-C finishes the step in progress, writes a checkpoint and stops (exit 130);
+a second Ctrl-C stops at once (the previous checkpoint stays).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -37,7 +41,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data import AnalysisCache, Example, MixtureOrder, load_examples
+from .data import (AnalysisCache, Example, LengthGroupedOrder, MixtureOrder, pack_examples, read_examples,
+                   select_splits, snapshot_shards)
+from .precision import choose_precision
 from .recipe import Recipe, StageRecipe
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
@@ -45,6 +51,10 @@ CKPT_RE = re.compile(r"^step-(\d+)$")
 
 class TrainError(ValueError):
     """The run cannot start or continue as asked (a clear message, nothing overwritten)."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the run stopped after writing a checkpoint; the same command continues it."""
 
 
 # ---------------------------------------------------------------- model per stage
@@ -87,6 +97,7 @@ class TrainState:
     position: int = 0  # examples consumed (global)
     tokens: int = 0
     elapsed_s: float = 0.0
+    records: int = 0  # data_gen records trained on (a packed example counts each of its records)
 
 
 def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -165,17 +176,17 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.max_steps = max_steps
+        self.features = None
         self._check_run_folder()
 
     def _check_run_folder(self) -> None:
         saved = self.out / "recipe.json"
         want = {"recipe": self.recipe.to_dict(), "data": self.data, "max_steps": self.max_steps}
         if saved.is_file():
-            if not self.resume:
-                raise TrainError(f"{self.out} already holds a run: pass --resume to continue it, or choose a new --out")
             if json.loads(saved.read_text()) != want:
-                raise TrainError(f"{self.out} was started with a different recipe, data or max_steps; "
-                                 "resume with the same ones, or choose a new --out")
+                raise TrainError(f"{self.out} already holds a run started with a different recipe, data or "
+                                 "max_steps: continue it with the same ones (--resume), or choose a new --out")
+            self.resume = True  # the same command again continues the run
         else:
             self.out.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(want, indent=1))
@@ -183,10 +194,14 @@ class Trainer:
     def run(self) -> Path:
         from accelerate import Accelerator
 
-        mp = self.recipe.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        self.accelerator = Accelerator(mixed_precision=mp)
+        self.precision = choose_precision(self.recipe.mixed_precision)
+        self.accelerator = Accelerator(mixed_precision=self.precision.mode)
+        self._log(f"precision: {self.precision.label} ({self.precision.reason})")
+        self._stop = False
+        with _StopOnCtrlC(self):
+            return self._run_stages()
+
+    def _run_stages(self) -> Path:
         previous: Path | None = None
         for i, stage in enumerate(self.recipe.stages, 1):
             folder = self.out / f"{i}-{stage.name}"
@@ -204,6 +219,28 @@ class Trainer:
         self._log(f"model folder: {link} -> {previous}")
         return link
 
+    def _examples(self) -> list[Example]:
+        """The run's records, read once: the shards' lines as they were when the run started (data.json), so a
+        resumed run sees the same records however far data_gen has got since."""
+        if getattr(self, "_all", None) is None:
+            snap_file = self.out / "data.json"
+            if snap_file.is_file():
+                snapshot = json.loads(snap_file.read_text())
+            else:
+                snapshot = snapshot_shards(self.data)
+                if self.accelerator.is_main_process:
+                    tmp = snap_file.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(snapshot, indent=0))
+                    tmp.replace(snap_file)
+            unfinished = [d for d in self.data if not (Path(d) / "DONE").exists()]
+            if unfinished:
+                self._log(f"note: data_gen has not finished {unfinished}; this run uses the "
+                          f"{sum(snapshot.values())} records written when it started (data.json)")
+            t0 = time.perf_counter()
+            self._all = read_examples(self.data, snapshot)
+            self._log(f"read {len(self._all)} train/validation records in {time.perf_counter() - t0:.0f} s")
+        return [copy.copy(e) for e in self._all]
+
     def _log(self, msg: str) -> None:
         if self.accelerator.is_main_process:
             print(msg, flush=True)
@@ -216,11 +253,23 @@ class Trainer:
 
         acc = self.accelerator
         model = build_model(self.recipe, stage, previous)
-        train = load_examples(self.data, ("train",))
-        held = load_examples(self.data, ("validation",))
+        examples = self._examples()
+        records = select_splits(examples, ("train",))  # never "test"
+        held = select_splits(examples, ("validation",))  # never packed: its loss stays per record
+        image_tokens = math.prod(model.processor.settings.token_grid)
+        # the pack limit stays under max_length: the length is an estimate, and an example over it is skipped
+        train = pack_examples(records, stage.pack, int(0.75 * stage.max_length), image_tokens, tuple(stage.pack_styles))
         order = MixtureOrder(train, stage.mixture, self.recipe.seed)
-        cache = AnalysisCache(model.processor, self.out / "analysis_cache", [Path(d) for d in self.data])
         world, micro = acc.num_processes, stage.batch_size
+        if micro * world > 1 and stage.group_by_length:
+            order = LengthGroupedOrder(order, [e.approx_tokens(image_tokens) for e in train], micro * world)
+        cache = AnalysisCache(model.processor, self.out / "analysis_cache",
+                              [Path(d) for d in self.data], [Path(d) for d in self.recipe.analysis_cache])
+        self.features = None
+        if self.recipe.feature_cache and model.config.freeze_vision:
+            from .features import FeatureCache
+
+            self.features = FeatureCache(model, self.recipe.feature_cache_dir and Path(self.recipe.feature_cache_dir))
         per_step = micro * stage.grad_accum * world
         total = self.max_steps or stage.max_steps or max(1, math.ceil(stage.epochs * order.epoch_len / per_step))
 
@@ -252,9 +301,11 @@ class Trainer:
             (folder / "metrics.csv").unlink()  # a stage that never reached its first checkpoint starts over
         folder.mkdir(parents=True, exist_ok=True)
         parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in trainable_summary(core).items())
-        self._log(f"stage {stage.name}: {len(train)} train / {len(held)} held-out records, epoch of "
-                  f"{order.epoch_len} examples, {total} steps of {per_step}; training {parts}; device "
-                  f"{acc.device}, precision {acc.mixed_precision}")
+        packed = f" packed into {len(train)} conversations" if len(train) != len(records) else ""
+        self._log(f"stage {stage.name}: {len(records)} train records{packed} / {len(held)} held-out records, "
+                  f"epoch of {order.epoch_len} examples, {total} steps of {per_step}; training {parts}; device "
+                  f"{acc.device}, precision {self.precision.label}; {image_tokens} patch tokens per image; "
+                  f"vision features {'cached' if self.features else 'computed every step'}")
 
         writer = _tensorboard(folder / "tb") if acc.is_main_process else None
         metrics = _MetricsCSV(folder / "metrics.csv", state.step) if acc.is_main_process else None
@@ -265,6 +316,7 @@ class Trainer:
             bar = tqdm(total=total, initial=state.step, desc=stage.name, unit="step", dynamic_ncols=True)
         model.train()
         t_start = time.perf_counter() - state.elapsed_s
+        t_run = t_saved = time.perf_counter()
         while state.step < total:
             t0 = time.perf_counter()
             loss_sum, tokens = 0.0, 0
@@ -272,6 +324,7 @@ class Trainer:
                 lo = state.position + acc.process_index * micro
                 batch_ex = [train[order[j]] for j in range(lo, lo + micro)]
                 state.position += micro * world
+                state.records += sum(e.records for e in batch_ex) * world
                 batch = self._batch(core, batch_ex, cache, stage)
                 if batch is None:
                     continue
@@ -302,14 +355,31 @@ class Trainer:
                 for key, v in row.items():
                     if key not in ("step",) and isinstance(v, (int, float)):
                         writer.add_scalar(f"{stage.name}/{key}", v, state.step)
+            rec_h = state.records / max(state.elapsed_s, 1e-9) * 3600
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{row['tokens_per_s']:.0f}",
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", rec_h=f"{rec_h:.0f}",
                                 **({"eval_loss": f"{row['eval_loss']:.3f}"} if "eval_loss" in row else {}))
-            if state.step % stage.save_every == 0 or state.step == total:
+            if stage.log_every and (state.step % stage.log_every == 0 or state.step == total):
+                done_here = state.step - (found[-1][0] if found else 0)
+                per_step_s = (time.perf_counter() - t_run) / max(done_here, 1)
+                eta = (total - state.step) * per_step_s
+                self._log(f"[{stage.name}] step {state.step}/{total} loss {loss_sum:.3f}"
+                          + (f" eval_loss {row['eval_loss']:.3f}" if "eval_loss" in row else "")
+                          + f" | {state.records} records, {rec_h:.0f} records/h, {row['tokens_per_s']:.0f} tok/s"
+                          f" | stage ETA {eta / 60:.1f} min")
+            due = time.perf_counter() - t_saved > stage.save_minutes * 60
+            if state.step % stage.save_every == 0 or state.step == total or due or self._stop:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
                     save_checkpoint(ckpt_dir, core, optimizer, scheduler, state, stage.keep_checkpoints)
+                t_saved = time.perf_counter()
+            if self._stop and state.step < total:
+                if bar is not None:
+                    bar.close()
+                self._log(f"stopped at step {state.step}/{total} of stage {stage.name} (checkpoint written): "
+                          "run the same command again to continue")
+                raise TrainInterrupted()
         if bar is not None:
             bar.close()
         if writer is not None:
@@ -323,37 +393,15 @@ class Trainer:
             (tmp / "training.json").write_text(json.dumps({
                 "recipe": self.recipe.name, "stage": stage.name, "steps": state.step, "examples": state.position,
                 "tokens": state.tokens, "wall_time_s": round(state.elapsed_s, 1), "device": str(acc.device),
-                "num_processes": world, "precision": acc.mixed_precision, "data": self.data,
-                "train_records": len(train), "held_out_records": len(held)}, indent=1))
+                "num_processes": world, "precision": self.precision.label, "data": self.data,
+                "train_records": len(records), "train_conversations": len(train), "records_seen": state.records,
+                "held_out_records": len(held)}, indent=1))
             tmp.rename(folder / "final")
         self._log(f"stage {stage.name}: {state.step} steps in {state.elapsed_s / 60:.1f} min -> {folder / 'final'}")
 
     def _batch(self, model, examples: list[Example], cache: AnalysisCache, stage: StageRecipe):
-        """Processor output on the device; examples longer than max_length are dropped (never cut)."""
-        from facellm.tools.registry import openai_tools
-
-        def process(exs):
-            return model.processor([e.messages for e in exs], analyses=[cache.get(e) for e in exs],
-                                   tools=[openai_tools(e.tools) if e.tools else None for e in exs],
-                                   max_length=stage.max_length)
-
-        try:
-            batch = process(examples)
-        except ValueError as err:
-            if "over the limit" not in str(err):
-                raise
-            keep = []
-            for e in examples:
-                try:
-                    process([e])
-                    keep.append(e)
-                except ValueError:
-                    self._log(f"skipping {e.id}: longer than max_length {stage.max_length}")
-            if not keep:
-                return None
-            batch = process(keep)
-        dev = self.accelerator.device
-        return {k: v.to(dev) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "image_sizes"}
+        return make_batch(model, examples, cache, self.features, stage.max_length, self.accelerator.device,
+                          self._log)
 
     @torch.no_grad()
     def evaluate(self, model, held: list[Example], cache: AnalysisCache, stage: StageRecipe) -> dict:
@@ -373,7 +421,8 @@ class Trainer:
         for e in short:
             last = max(i for i, m in enumerate(e.messages) if m["role"] == "assistant")
             prompt = e.messages[:last]
-            batch = model.processor(prompt, analyses=[cache.get(e)], add_generation_prompt=True, return_labels=False)
+            batch = model.processor(prompt, analyses=_analyses(e, cache), add_generation_prompt=True,
+                                    return_labels=False)
             out = model.generate(**{k: v.to(self.accelerator.device) for k, v in batch.items()
                                     if isinstance(v, torch.Tensor)}, max_new_tokens=40)
             f1s.append(token_f1(model.processor.decode(out[0]), e.answer))
@@ -381,6 +430,101 @@ class Trainer:
         if f1s:
             row["eval_answer_f1"] = round(float(np.mean(f1s)), 4)
         return row
+
+
+def make_batch(model, examples: list[Example], cache: AnalysisCache, features, max_length: int, device,
+               log=print) -> dict | None:
+    """Processor output on the device; examples longer than max_length are dropped (never cut). With a
+    ``FeatureCache`` the images' tower features replace their pixels."""
+    from facellm.tools.registry import openai_tools
+
+    def process(exs):
+        return model.processor([e.messages for e in exs], analyses=[a for e in exs for a in _analyses(e, cache)],
+                               tools=[openai_tools(e.tools) if e.tools else None for e in exs],
+                               max_length=max_length, pixels=features is None)
+
+    try:
+        batch, used = process(examples), examples
+    except ValueError as err:
+        if "over the limit" not in str(err):
+            raise
+        keep = []
+        for e in examples:
+            try:
+                process([e])
+                keep.append(e)
+            except ValueError:
+                log(f"skipping {e.id}: longer than max_length {max_length}")
+        if not keep:
+            return None
+        batch, used = process(keep), keep
+    out = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "image_sizes"}
+    if features is not None:
+        items = [img for e in used for img in _images(e)]
+        if items:
+            out["vision_features"] = features.get(items).to(device)
+    return out
+
+
+def _image_paths(e: Example) -> list[str]:
+    out = []
+    for m in e.messages:
+        if isinstance(m.get("content"), list):
+            out += [str(p["image"]) for p in m["content"] if isinstance(p, dict) and p.get("type") == "image"]
+    return out
+
+
+def _images(e: Example) -> list[tuple[str, str]]:
+    """(sha256, path) of every image part of an example, in order."""
+    import hashlib
+
+    out = []
+    for path in _image_paths(e):
+        sha = e.sha256 if path == e.image else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        out.append((sha, path))
+    return out
+
+
+def _analyses(e: Example, cache: AnalysisCache) -> list:
+    """The tools' analysis for every image part of an example (records have one image, maybe shown twice)."""
+    paths = _image_paths(e)
+    if all(p == e.image for p in paths):
+        return [cache.get(e)] * len(paths)
+    return [None if p != e.image else cache.get(e) for p in paths]
+
+
+class _StopOnCtrlC:
+    """First Ctrl-C: ask the loop to checkpoint and stop after the current step; second: stop at once."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.previous = None
+
+    def _handler(self, signum, frame) -> None:
+        import signal
+
+        self.trainer._stop = True
+        print("\nCtrl-C: finishing this step and writing a checkpoint (Ctrl-C again to stop now)", flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            if self.previous is signal.default_int_handler:  # leave a caller's own handling (or SIG_IGN) alone
+                signal.signal(signal.SIGINT, self._handler)
+            else:
+                self.previous = None
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 class _nullcontext:

@@ -186,6 +186,17 @@ def preprocess_images(images: TowerImage | Sequence[TowerImage], cfg: Preprocess
                         torch.tensor(sizes, dtype=torch.int64))
 
 
+def layout_images(sizes: Sequence[tuple[int, int]], cfg: PreprocessConfig) -> VisionInputs:
+    """The coordinate maps of ``preprocess_images`` for images of these (height, width), without the pixels
+    (``pixel_values`` is empty): enough to place faces on the grid when the tower's features are cached."""
+    transforms = []
+    for h, w in sizes:
+        _, (ox, oy), sx, sy = _resize_plan(int(w), int(h), cfg)
+        transforms.append((sx, sy, float(ox), float(oy)))
+    return VisionInputs(torch.zeros(len(sizes), 0), torch.tensor(transforms, dtype=torch.float64),
+                        torch.tensor([tuple(map(int, hw)) for hw in sizes], dtype=torch.int64).reshape(-1, 2))
+
+
 def grid_centers(grid: tuple[int, int], stride: float) -> torch.Tensor:
     """(H'*W', 2) centres (x, y) of the feature cells in model-input pixels, row-major like ``tokens``."""
     gh, gw = grid

@@ -218,7 +218,11 @@ def resolve(tr: Trace, t: Target) -> dict:
 
 
 def _q(rng: random.Random, intent: str, **slots) -> str:
-    text = pick(rng, PHRASES[intent]).format(**slots)
+    options = PHRASES[intent]
+    if slots.get("who") and not slots.get("single"):  # a face singled out: the question must name it
+        options = [t for t in options if "{who}" in t] or options
+    slots.pop("single", None)
+    text = pick(rng, options).format(**slots)
     return casual(text[:1].upper() + text[1:], rng)
 
 
@@ -411,7 +415,7 @@ def per_face(intent: str, tr: Trace, ctx: dict, target: Target | None = None, qu
         return None
     t = target or (single_target(fa, tr.rng) if n == 1 else multi_target(fa, tr.rng))
     if question is None:
-        question = _q(tr.rng, intent, who=t.words)
+        question = _q(tr.rng, intent, who=t.words, single=n == 1)
         tr.set_question(question)
     args = resolve(tr, t)
     tool, answer = _PER_FACE[intent]
@@ -713,7 +717,7 @@ def sc_unmeasured(tr: Trace, ctx: dict) -> list[Turn] | None:
         return None
     fa = ctx["fa"]
     t = single_target(fa, tr.rng) if n == 1 else multi_target(fa, tr.rng, allow_via=False)
-    q = _q(tr.rng, "unmeasured", who=t.words)
+    q = _q(tr.rng, "unmeasured", who=t.words, single=n == 1)
     tr.set_question(q)
     ql = q.lower()
     if "race" in ql or "ethnic" in ql:

@@ -273,7 +273,17 @@ def build_items(data: Path, out: Path, *, per_intent: int = 22, progress: bool =
                n_of("passport")) >= per_intent:
             break
         n = 2 + k % 3
-        members = rng.sample(pool, n)
+        slot = ["count_multi", "oldest", "youngest", "target_gender", "target_age", "passport"][k % 6]
+        if n_of(slot) >= per_intent:
+            continue
+        if slot in ("oldest", "youngest"):  # one clear extreme among the others, known by construction
+            extreme = [m for m in pool if (_label(m, "age") >= 65 if slot == "oldest" else _label(m, "age") <= 10)]
+            rest = [m for m in pool if 20 <= _label(m, "age") <= 40] if slot == "oldest" else \
+                [m for m in pool if 30 <= _label(m, "age") <= 60]
+            members = rng.sample(rest, n - 1)
+            members.insert(rng.randrange(n), rng.choice(extreme))
+        else:
+            members = rng.sample(pool, n)
         ages = [_label(m, "age") for m in members]
         path = _canvas([m.image_path for m in members], img_dir)
         r = tools.run(path, "attributes")
@@ -284,9 +294,6 @@ def build_items(data: Path, out: Path, *, per_intent: int = 22, progress: bool =
         est = [(f.get("perceived_age") or {}).get("value") for f in fs]
         gens = [(f.get("perceived_gender") or {}).get("value") for f in fs]
         src = "canvas:" + "+".join(m.key for m in members)
-        slot = ["count_multi", "oldest", "youngest", "target_gender", "target_age", "passport"][k % 6]
-        if n_of(slot) >= per_intent:
-            continue
         if slot == "count_multi":
             add(slot, [path], {"count": n}, src)
         elif slot == "passport":

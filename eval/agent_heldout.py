@@ -530,7 +530,7 @@ def summarise(outcomes: list[Outcome]) -> dict:
             "n": len(os_),
             "valid_tool_calls_pct": round(100 * sum(o.valid_calls for o in os_) / calls, 1) if calls else None,
             "model_calls": calls,
-            "right_tool_pct": round(100 * sum(o.right_tool for o in os_) / len(os_), 1),
+            "right_tool_pct": None if cfg == "rules" else round(100 * sum(o.right_tool for o in os_) / len(os_), 1),
             "right_answer_pct": round(100 * sum(o.right for o in os_) / len(os_), 1),
             "paths": dict(Counter(o.path for o in os_)),
             "right_by_path": {p: round(100 * sum(o.right for o in os_ if o.path == p) /

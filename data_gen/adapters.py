@@ -27,6 +27,7 @@ import csv
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -155,26 +156,96 @@ def fairface_items(root: str | Path) -> Iterator[SourceItem]:
 # ------------------------------------------------------------------ UTKFace
 
 _UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)")
+MAIN_FACE_RULE = "the largest detected face (ties: the one closest to the image centre)"
+TIGHT_CROP = "tight face crop: analysed padded if the detector finds no face on it"
 
 
-def utkface_items(root: str | Path) -> Iterator[SourceItem]:
+def _skip(skipped: list[dict] | None, source: str, path: Path, reason: str) -> None:
+    if skipped is not None:
+        skipped.append({"source": source, "file": str(path), "reason": reason})
+
+
+def _warn_skipped(source: str, names: list[str], reason: str) -> None:
+    """One warning for all the files a dataset's adapter had to leave out (never one per file)."""
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        warnings.warn(f"{source}: skipped {len(names)} file(s) {reason}: {shown}", DatasetWarning, stacklevel=3)
+
+
+class DatasetWarning(UserWarning):
+    """Rows of a real dataset that had to be left out (counted in the run's stats)."""
+
+
+def utkface_items(root: str | Path, *, skipped: list[dict] | None = None, seed: int = 0) -> Iterator[SourceItem]:
+    """UTKFace ``AGE_GENDER_RACE_DATETIME.jpg.chip.jpg``: age, gender and the race group as human labels.
+
+    The race group only groups fairness reports (no answer states it). A name with a field missing is
+    skipped and counted, with one warning for all of them. Each photo is its own split group."""
+    from .splits import split_for
+
     root = Path(root)
     files = sorted(p for p in _require(root, "UTKFace folder").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetLayoutError(f"no images in {root}")
-    found = 0
+    found, bad = 0, []
     for image in files:
         m = _UTK_NAME.match(image.name)
         if m is None:
-            continue  # a few UTKFace files lack a field: no labels can be read, so they are left out
+            bad.append(image.name)
+            _skip(skipped, "utkface", image, "file name lacks a field of AGE_GENDER_RACE_DATETIME")
+            continue
         found += 1
         age, gender, race = int(m.group(1)), int(m.group(2)), int(m.group(3))
         labels = [human("age", age), human("gender", "male" if gender == 0 else "female")]
         if race != 4:  # "Others" says nothing
             labels.append(human("race", UTK_RACES[race]))
-        yield _item("utkface", root, image, labels)
+        item = _item("utkface", root, image, labels, meta={"tight_crop": TIGHT_CROP})
+        item.split = split_for(item.group, seed=seed)
+        yield item
     if not found:
         raise DatasetLayoutError(f"no file in {root} is named age_gender_race_datetime.jpg as UTKFace names them")
+    _warn_skipped("utkface", bad, "whose name lacks a field (AGE_GENDER_RACE_DATETIME)")
+
+
+# ------------------------------------------------------------------ FER2013 (class folders)
+
+FER_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+# 48x48 faces: the face parser (hair / skin regions) has nothing to resolve at that size and cost a quarter of the
+# tools' time per image; every other tool runs
+FER_STEPS = ("mesh", "landmarks68", "pose", "cues", "attributes", "expression", "quality")
+
+
+def fer2013_items(root: str | Path, *, skipped: list[dict] | None = None, seed: int = 0) -> Iterator[SourceItem]:
+    """FER2013 in class folders: ``train/CLASS/*.png|jpg`` and ``validation/CLASS/`` (48x48 grey).
+
+    The label is the human expression class. ``validation`` (the public test half) is our ``test``; our own
+    validation split is carved out of ``train`` by the hash of the photo."""
+    from .splits import split_for
+
+    root = Path(root)
+    parts = [(root / d, s) for d, s in (("train", "train"), ("validation", "validation"), ("val", "validation"),
+                                        ("test", "validation")) if (root / d).is_dir()]
+    if not parts:
+        raise DatasetLayoutError(f"{root}: no train/ or validation/ class folders (train/happy/x.png) of FER2013")
+    found = 0
+    for folder, dataset_split in parts:
+        for cls_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            expr = norm_expression(cls_dir.name)
+            if expr is None or expr not in FER_CLASSES:
+                for image in sorted(cls_dir.iterdir()):
+                    _skip(skipped, "fer2013", image, f"unknown class folder {cls_dir.name!r}")
+                continue
+            for image in sorted(cls_dir.iterdir()):
+                if image.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                found += 1
+                item = _item("fer2013", root, image, [human("expression", expr)],
+                             meta={"tight_crop": TIGHT_CROP, "dataset_split": folder.name,
+                                   "analysis_steps": list(FER_STEPS)})
+                item.split = split_for(item.group, dataset_split, seed=seed)
+                yield item
+    if not found:
+        raise DatasetLayoutError(f"{root}: no images in the class folders ({', '.join(FER_CLASSES)})")
 
 
 # ------------------------------------------------------------------ CelebA
@@ -186,7 +257,7 @@ def _celeba_images(root: Path) -> Path:
             # the official zip unpacks to img_align_celeba/img_align_celeba on some mirrors
             inner = root / name / name
             return inner if inner.is_dir() else root / name
-    raise DatasetLayoutError(f"no img_align_celeba/ folder in {root}")
+    raise DatasetLayoutError(f"no img_align_celeba/ or img_celeba/ folder in {root}")
 
 
 def _find(root: Path, name: str) -> Path | None:
@@ -196,22 +267,57 @@ def _find(root: Path, name: str) -> Path | None:
     return None
 
 
-def celeba_items(root: str | Path) -> Iterator[SourceItem]:
-    root = Path(root)
-    images = _celeba_images(root)
-    attr_file = _find(root, "list_attr_celeba.txt")
-    if attr_file is None:
-        raise DatasetLayoutError(f"no list_attr_celeba.txt in {root} (or its Anno/ folder)")
+def _celeba_identity(root: Path) -> dict[str, str]:
     identity: dict[str, str] = {}
     if (p := _find(root, "identity_CelebA.txt")) is not None:
         for line in p.read_text().splitlines():
             if len(parts := line.split()) == 2:
                 identity[parts[0]] = parts[1]
+    return identity
+
+
+def celeba_items(root: str | Path, *, skipped: list[dict] | None = None, seed: int = 0) -> Iterator[SourceItem]:
+    """CelebA: attributes (``list_attr_celeba.txt``) and/or identities (``identity_CelebA.txt``).
+
+    Identity-only copies (no attribute file) are read too: each photo's label is its identity, which belongs to
+    the photo's main face (``MAIN_FACE_RULE``, recorded in the item). Splits are identity-disjoint: the
+    dataset's ``list_eval_partition.txt`` where present, else the split rule's hash of the identity."""
+    from .splits import split_for
+
+    root = Path(root)
+    images = _celeba_images(root)
+    attr_file = _find(root, "list_attr_celeba.txt")
+    identity = _celeba_identity(root)
+    if attr_file is None and not identity:
+        raise DatasetLayoutError(f"neither list_attr_celeba.txt nor identity_CelebA.txt in {root} (or its Anno/ folder)")
     partition: dict[str, str] = {}
     if (p := _find(root, "list_eval_partition.txt")) is not None:
         for line in p.read_text().splitlines():
             if len(parts := line.split()) == 2:
                 partition[parts[0]] = {"0": "train", "1": "validation", "2": "test"}.get(parts[1], "train")
+    meta = {"label_face": MAIN_FACE_RULE, "photo_kind": images.name}
+
+    def item(name: str, labels: list[Label]) -> SourceItem:
+        ident = identity.get(name)
+        if ident is not None:
+            labels = [*labels, human("celeba_identity", ident)]
+        it = _item("celeba", root, images / name, labels, identity=ident, meta=meta)
+        if partition.get(name) is not None:
+            it.split = partition[name]
+        else:  # identity-disjoint (photo-disjoint for a photo without an identity)
+            it.split = split_for(it.group, seed=seed)
+        return it
+
+    if attr_file is None:  # identities only
+        missing = []
+        for name in sorted(identity):
+            if not (images / name).is_file():
+                missing.append(name)
+                continue
+            yield item(name, [])
+        if len(missing) == len(identity):
+            raise DatasetLayoutError(f"none of the {len(identity)} images named in identity_CelebA.txt is in {images}")
+        return
     with open(attr_file, encoding="utf-8") as f:
         f.readline()  # the image count
         names = f.readline().split()
@@ -221,8 +327,7 @@ def celeba_items(root: str | Path) -> Iterator[SourceItem]:
             parts = line.split()
             if len(parts) != len(names) + 1:
                 continue
-            image = images / parts[0]
-            if not image.is_file():
+            if not (images / parts[0]).is_file():
                 continue
             labels = []
             for attr, raw in zip(names, parts[1:]):
@@ -231,8 +336,7 @@ def celeba_items(root: str | Path) -> Iterator[SourceItem]:
                 elif attr in CELEBA_ATTRS:
                     name, invert = CELEBA_ATTRS[attr]
                     labels.append(human(name, (raw == "1") != invert))
-            yield _item("celeba", root, image, labels, split=partition.get(parts[0]),
-                        identity=identity.get(parts[0]))
+            yield item(parts[0], labels)
 
 
 # ------------------------------------------------------------------ RAF-DB / AffectNet-style expression sets
@@ -485,7 +589,21 @@ def hf_items(spec: str, out_dir: str | Path, *, columns: dict[str, str] | None =
 
 # ------------------------------------------------------------------ dispatch
 
-SOURCES = ("offline", "fairface", "utkface", "celeba", "rafdb", "affectnet", "csv", "json", "hf:ID")
+SOURCES = ("offline", "facedata", "fairface", "utkface", "fer2013", "celeba", "rafdb", "affectnet", "csv", "json",
+           "hf:ID")
+# the layout of ../shared/data (and of a user's folder holding the three datasets side by side)
+FACEDATA_PARTS = (("utkface", "utkface/crop_part1"), ("fer2013", "fer2013"), ("celeba", "celeba"))
+
+
+def facedata_items(root: str | Path, *, skipped: list[dict] | None = None, seed: int = 0) -> Iterator[SourceItem]:
+    """UTKFace, FER2013 and CelebA from one folder (``utkface/crop_part1``, ``fer2013``, ``celeba``); at least one."""
+    root = Path(root)
+    present = [(name, root / sub) for name, sub in FACEDATA_PARTS if (root / sub).is_dir()]
+    if not present:
+        raise DatasetLayoutError(f"{root} holds none of {', '.join(sub for _, sub in FACEDATA_PARTS)}")
+    readers = {"utkface": utkface_items, "fer2013": fer2013_items, "celeba": celeba_items}
+    for name, folder in present:
+        yield from readers[name](folder, skipped=skipped, seed=seed)
 
 
 def parse_columns(text: str | None) -> dict[str, str]:
@@ -501,7 +619,8 @@ def parse_columns(text: str | None) -> dict[str, str]:
 
 
 def items_from_spec(source: str, path: str | Path | None, out_dir: str | Path, *,
-                    columns: dict[str, str] | None = None) -> Iterable[SourceItem]:
+                    columns: dict[str, str] | None = None, skipped: list[dict] | None = None,
+                    seed: int = 0) -> Iterable[SourceItem]:
     """The items of a non-offline source (see ``SOURCES``)."""
     if source.startswith("hf:"):
         return hf_items(source[3:] or str(path), out_dir, columns=columns)
@@ -511,10 +630,14 @@ def items_from_spec(source: str, path: str | Path | None, out_dir: str | Path, *
         raise DatasetLayoutError(f"{path} does not exist")
     if source == "fairface":
         return fairface_items(path)
+    if source == "facedata":
+        return facedata_items(path, skipped=skipped, seed=seed)
     if source == "utkface":
-        return utkface_items(path)
+        return utkface_items(path, skipped=skipped, seed=seed)
+    if source in ("fer2013", "fer"):
+        return fer2013_items(path, skipped=skipped, seed=seed)
     if source == "celeba":
-        return celeba_items(path)
+        return celeba_items(path, skipped=skipped, seed=seed)
     if source in ("rafdb", "affectnet", "expression"):
         return expression_items(path)
     if source in ("csv", "json", "table"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         composites=args.composites, held_out=args.held_out, limit=args.limit, shard_size=args.shard_size,
         gallery=not args.no_gallery, teacher_url=args.teacher_url, teacher_model=args.teacher_model,
         teacher_concurrency=args.teacher_concurrency, workers=args.workers, progress=not args.quiet,
-        export_hf=not args.no_export, cache_dir=Path(args.cache) if args.cache else None)
+        export_hf=not args.no_export, cache_dir=Path(args.cache) if args.cache else None, part=_part(args.part))
     gen = Generator(cfg)
     try:
         stats = gen.run()
@@ -58,9 +59,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
                "tool_ms_per_new_image": round(s.tool_ms / s.analysed, 1) if s.analysed else None}
     if s.teacher_fallbacks:
         summary["teacher_fallbacks"] = s.teacher_fallbacks
+    summary["images_per_s"] = round(s.units / s.seconds, 2) if s.seconds else None
+    if s.skipped_inputs:
+        summary["skipped_inputs (see skipped_inputs.jsonl)"] = s.skipped_inputs
+    if s.padded:
+        summary["tight_crops_analysed_padded"] = s.padded
+    if s.failed_units:
+        summary["failed_units (see failed.jsonl)"] = s.failed_units
     print(json.dumps(summary, indent=2) if args.json else
           "\n".join(f"{k}: {v}" for k, v in summary.items()))
     print(f"records: {cfg.out}/shards  (stats: facellm data stats {cfg.out})", file=sys.stderr)
+
+
+def _part(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if m is None or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"--part takes I/N with 0 <= I < N, e.g. 0/2; got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -103,6 +120,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--held-out", type=float, default=0.2, help="share of groups in the test split (no dataset split)")
     g.add_argument("--columns", default=None, help="csv/json/hf: renames, e.g. Sex=gender,Emotion=expression")
     g.add_argument("--cache", default=None, help="folder of tool analyses by image sha256 (default OUT/cache)")
+    g.add_argument("--part", default=None, metavar="I/N",
+                   help="only part I of N (0-based) of the units, for N parallel runs, each with its own --out")
     g.add_argument("--shard-size", type=_positive, default=2000, help="records per JSONL shard")
     g.add_argument("--teacher-url", default=None, help="OpenAI-compatible endpoint that rewrites the answers")
     g.add_argument("--teacher-model", default=None, help="model name for the teacher endpoint")

@@ -46,7 +46,9 @@ class AnalysisCache:
         self.hits = self.misses = 0
         self.tool_ms = 0.0  # time the tools spent on the misses
 
-    def get(self, path: str | os.PathLike, sha256: str | None = None) -> FaceAnalysis:
+    def get(self, path: str | os.PathLike, sha256: str | None = None,
+            steps: tuple[str, ...] | list[str] | None = None) -> FaceAnalysis:
+        """The cached analysis of the file, else the tools' (``steps``: default ``ANALYSIS_STEPS``)."""
         sha = sha256 or file_sha256(path)
         f = self.folder / f"{sha}.json"  # flat: the trainer reads OUT/cache/analysis/<sha256>.json too
         if f.is_file():
@@ -59,7 +61,7 @@ class AnalysisCache:
         from facellm.tools.analyze import analyze
 
         t0 = time.perf_counter()
-        fa = analyze(path, steps=ANALYSIS_STEPS)
+        fa = analyze(path, steps=tuple(steps) if steps else ANALYSIS_STEPS)
         self.tool_ms += (time.perf_counter() - t0) * 1000
         atomic_write(f, fa.to_json().encode())
         self.misses += 1
@@ -68,20 +70,19 @@ class AnalysisCache:
 
 def compact(fa: FaceAnalysis) -> FaceAnalysis:
     """The record's copy: no 478-point mesh, landmark groups, parse masks or embeddings (the full analysis
-    stays in the cache; the region encoder recomputes what it needs from the image)."""
-    out = fa.model_copy(deep=True)
-    for f in out.faces:
-        f.mesh478 = None
-        f.groups = {}
-        f.embedding = None
-        f.embedding_source = None
-        if f.parse is not None:
-            f.parse.rle = []
-            for r in f.parse.regions.values():
-                r.polygons = []
-    out.timings_ms = {}
-    out.image.path = None  # the record's ImageRef holds the path; the cache's may be another run's folder
-    return out
+    stays in the cache; the region encoder recomputes what it needs from the image). Shallow copies of what
+    is kept: a deep copy of the mesh only to drop it cost more than the rest of a record."""
+    faces = []
+    for f in fa.faces:
+        parse = f.parse
+        if parse is not None:
+            parse = parse.model_copy(update={"rle": [], "regions": {k: r.model_copy(update={"polygons": []})
+                                                                    for k, r in parse.regions.items()}})
+        faces.append(f.model_copy(update={"mesh478": None, "groups": {}, "embedding": None, "embedding_source": None,
+                                          "parse": parse}))
+    return fa.model_copy(update={"faces": faces, "timings_ms": {},
+                                 # the record's ImageRef holds the path; the cache's may be another run's folder
+                                 "image": fa.image.model_copy(update={"path": None})})
 
 
 def model_labels(fa: FaceAnalysis) -> list[Label]:
@@ -142,8 +143,10 @@ def assign_face_ids(fa: FaceAnalysis, anchored: list[tuple[tuple[float, float] |
     for point, label in anchored:
         if not fa.faces:
             continue
-        if point is None:
-            face = max(fa.faces, key=lambda f: f.box.area)
+        if point is None:  # the main face: the largest, ties broken by closeness to the image centre
+            cx, cy = fa.image.width / 2, fa.image.height / 2
+            face = max(fa.faces, key=lambda f: (round(f.box.area),
+                                                -((f.box.center[0] - cx) ** 2 + (f.box.center[1] - cy) ** 2)))
         else:
             x, y = point
             inside = [f for f in fa.faces if f.box.x1 <= x <= f.box.x2 and f.box.y1 <= y <= f.box.y2]

@@ -29,9 +29,10 @@ RACES = {"white": "White", "black": "Black", "east asian": "East Asian", "southe
          "hispanic": "Latino_Hispanic", "asian": "Asian"}
 BOOL_ATTRS = {  # attribute -> (regex, label names that can support it)
     # "the smile cue scores 0.00" names a measurement, it claims nothing
-    "smile": (r"\bsmil(e|es|ing)\b(?!\s+(?:cue|score))|\bgrin(s|ning)?\b|\blaugh(s|ing)?\b", ("smile",)),
-    "eyes_closed": (r"\beyes? (are |is )?(closed|shut)\b|\bblink(s|ing)?\b", ("eyes_closed",)),
-    "mouth_open": (r"\bmouth (is )?(open|opened)\b|\bopen mouth\b|\bparted lips\b", ("mouth_open",)),
+    # "smile 0.99" is a measurement; "one eye closed" is not a claim about the eyes (a wink: left unsaid)
+    "smile": (r"\bsmil(e|es|ing)\b(?!\s+(?:cue|score)|\s+\d)|\bgrin(s|ning)?\b|\blaugh(s|ing)?\b", ("smile",)),
+    "eyes_closed": (r"(?<!one )\beyes? (are |is )?(closed|shut)\b(?!\s+score)|\bblink(s|ing)?\b", ("eyes_closed",)),
+    "mouth_open": (r"\bmouth (is )?(open|opened)\b(?!\s+\d)|\bopen mouth\b|\bparted lips\b", ("mouth_open",)),
     "eyeglasses": (r"\b(eye)?glasses\b|\bspectacles\b|\bsunglasses\b", ("eyeglasses",)),
     "wearing_hat": (r"\bhat\b|\bcap\b|\bheadwear\b|\bbeanie\b", ("wearing_hat",)),
     "beard": (r"\bbeard(ed)?\b", ("beard",)),
@@ -66,7 +67,9 @@ def _sentences(text: str) -> list[str]:
 
 _CLAUSE = re.compile(r"[,;:()]|\bbut\b|\bwhile\b|\band\b")
 _NEG_AFTER = re.compile(r"^\W*(?:\w+\s+){0,2}?(?:is |are )?(?:inactive|not active|absent|not visible|not present)\b")
-_HEDGE = re.compile(r"\b(whether|if|judge|tell)\b")
+_HEDGE = re.compile(r"\b(whether|if|judge|tell|counts? as)\b")
+# the name of a check ("expression check (no smile, mouth closed): fails") states a requirement, not the face
+_CHECK_NAME = re.compile(r"\bcheck \([^)]*\)")
 
 
 def _negated(sentence: str, start: int, end: int | None = None) -> bool:
@@ -84,7 +87,7 @@ def _hedged(sentence: str, start: int) -> bool:
 
 def extract_claims(answer: str) -> list[Claim]:
     claims: list[Claim] = []
-    for s in _sentences(answer):
+    for s in _sentences(_CHECK_NAME.sub("check", answer)):
         low = s.lower()
         for m in re.finditer(r"\b(no|zero|one|a single|single|two|three|four|five|six|seven|eight|nine|ten|\d+)\s+"
                              r"(?:\w+\s+){0,2}?(faces?|people|persons)\b(?!\s*\d)", low):
@@ -170,9 +173,8 @@ def check_claim(c: Claim, labels: list[Label], names: set[str] = frozenset()) ->
         vals = {gender_of(lb.value) for lb in labels if lb.name in ("gender", "apparent_gender", "perceived_gender")}
         return None if c.value in vals else f"uses a {c.value} word; the record's gender labels are {sorted(v for v in vals if v) or 'none'}"
     if c.attribute == "race":
-        vals = {str(lb.value) for lb in labels if lb.name == "race"}
-        ok = c.value in vals or (c.value == "Asian" and any("Asian" in v for v in vals))
-        return None if ok else f"names the race group {c.value}; the record has {sorted(vals) or 'none'}"
+        # a dataset's race label only groups fairness reports: an answer never states a race group
+        return f"names the race group {c.value}; answers never state race (FaceLLM does not estimate it)"
     if c.attribute == "age":
         lo, hi = c.value
         for a, b in _age_ranges(labels):

@@ -12,10 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .facts import Fact, Facts
+from .shortform import SHORTFORM, SHORTFORM_IMAGE
 from .templates import (TemplateTeacher, age_text, cap, est_phrase, exposure_words, face_ref, gender_text,
                         join_clauses, pct, sharpness_words, with_opener)
 
 QA = tuple[str, str]
+# "looks surprise" -> "looks surprised"
+EXPRESSION_ADJ = {"surprise": "surprised", "fear": "fearful", "disgust": "disgusted"}
 
 
 @dataclass
@@ -50,12 +53,14 @@ def ff_expression(t: TemplateTeacher, f: Facts, i: int) -> QA | None:
     if e is None and s is None:
         return None
     who = _ref(t, f, i)
+    whose = _ref(t, f, i, subject=False)
     q = t.pick([f"What facial expression does {who} show?", f"How would you describe the expression of {who}?",
-                f"What emotion can be read on the face of {who}?", f"Is {who} smiling?",
-                f"Describe the mood visible on the face of {who}."])
+                f"What emotion can be read on {whose}?", f"Is {who} smiling?",
+                f"Describe the mood visible on {whose}."])
     parts = []
     if e is not None:
-        parts.append(t.pick([f"{who} looks {e.value}: {est_phrase(t.rng, e, repr(e.value))}",
+        adj = EXPRESSION_ADJ.get(str(e.value), str(e.value))
+        parts.append(t.pick([f"{who} looks {adj}: {est_phrase(t.rng, e, repr(e.value))}",
                              f"the expression reads as {e.value} ({est_phrase(t.rng, e, 'this class')})"]))
     if s is not None:
         if s.value:
@@ -197,8 +202,9 @@ def ff_forensics(t: TemplateTeacher, f: Facts, i: int | None = None) -> QA | Non
 
 
 def ff_demographics(t: TemplateTeacher, f: Facts, i: int) -> QA | None:
-    age, gender, race = f.concept("age", i), f.concept("gender", i), f.get("race", i)
-    if age is None and gender is None and race is None:
+    # a dataset's race label only groups fairness reports: no answer states it
+    age, gender = f.concept("age", i), f.concept("gender", i)
+    if age is None and gender is None:
         return None
     who = _ref(t, f, i)
     q = t.pick([f"How old does {who} appear to be?", f"What can be said about the perceived age and gender of {who}?",
@@ -208,8 +214,6 @@ def ff_demographics(t: TemplateTeacher, f: Facts, i: int) -> QA | None:
         parts.append(t.pick(["perceived age", "apparent age"]) + ": " + est_phrase(t.rng, age, age_text(t.rng, age)))
     if gender is not None:
         parts.append(t.pick(["perceived gender", "apparent gender"]) + ": " + est_phrase(t.rng, gender, gender_text(t.rng, gender)))
-    if race is not None:
-        parts.append(f"the dataset's annotators labelled the perceived race group as {race.value.replace('_', '/')}")
     parts.append(t.pick(["These are judgements from appearance, not facts about the person.",
                          "Appearance-based estimates like these can be wrong.",
                          "Such estimates describe appearance only and carry uncertainty."]))
@@ -230,8 +234,9 @@ def ff_counting(t: TemplateTeacher, f: Facts, i: int | None = None) -> QA | None
         a += t.pick([" (detector count)", ", according to the face detector", ""])
     a += "."
     m = f.get("num_faces", kind="model")
-    if n.kind == "human" and m is not None and m.value != n.value:
-        a += f" The detector reports {m.value}, which differs from the annotation."
+    if n.kind != "model" and m is not None and m.value != n.value:
+        a += f" The detector reports {m.value}, which differs from the " + \
+            ("annotation." if n.kind == "human" else "number of faces the image was composed of.")
     return q, a
 
 
@@ -239,8 +244,11 @@ FAIRFACEGPT: dict[str, Callable] = {
     "expression": ff_expression, "head_pose": ff_head_pose, "gaze": ff_gaze, "skin_texture": ff_skin_texture,
     "lighting": ff_lighting, "accessories": ff_accessories, "image_quality": ff_quality,
     "forensics": ff_forensics, "demographics": ff_demographics, "counting": ff_counting,
+    # free-form answers to what users ask (data_gen/shortform.py)
+    "age": SHORTFORM["age_free"], "race_refusal": SHORTFORM["race_refusal"],
+    "label_vs_tool": SHORTFORM["label_vs_tool"], "verification": SHORTFORM_IMAGE["verification"],
 }
-IMAGE_LEVEL = {"forensics", "counting", "caption"}
+IMAGE_LEVEL = {"forensics", "counting", "caption", *SHORTFORM_IMAGE}
 
 
 # ------------------------------------------------------------------ FaceInstruct tasks
@@ -339,6 +347,10 @@ def fi_deepfake_quality(t: TemplateTeacher, f: Facts, i: int) -> QA | None:
 FACEINSTRUCT: dict[str, Callable] = {
     "expression_recognition": fi_expression, "action_units": fi_action_units, "attribute_detection": fi_attributes,
     "age_estimation": fi_age, "deepfake_quality": fi_deepfake_quality,
+    # answers in the asked form: a number, one word, yes/no (data_gen/shortform.py)
+    "age_number": SHORTFORM["age_number"], "age_group": SHORTFORM["age_group"], "gender": SHORTFORM["gender"],
+    "expression_word": SHORTFORM["expression_word"], "race_refusal": SHORTFORM["race_refusal"],
+    **SHORTFORM_IMAGE,
 }
 
 

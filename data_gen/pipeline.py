@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .agent_traces import OFFLINE_GALLERY, agent_drafts, gallery_for
+from .agent_traces import OFFLINE_GALLERY, agent_drafts, gallery_for, partner_pool, pick_partner
 from .evidence import AnalysisCache, assign_face_ids, atomic_write, compact, drop_hidden, file_sha256, model_labels
 from .factcheck import check
 from .facts import Facts
@@ -29,6 +29,12 @@ from .sources import SourceItem, offline_items, stable_hash
 from .templates import GENERATOR, TemplateTeacher
 
 SHARD_GLOB = "part-*.jsonl"
+SKIPPED_FILE = "skipped_inputs.jsonl"
+# real face datasets whose photos are also composed into multi-face canvases and verification pairs
+COMPOSED_SOURCES = ("facedata", "utkface", "fer2013", "fer", "celeba")
+GALLERY_EVERY = 8  # real datasets: identity traces (a 100 ms descriptor each) on one image in 8
+PARTNER_EVERY = 6  # real datasets: two-image (same person?) traces (two 100 ms descriptors) on one image in 6
+PAD_SHARE = 0.5  # a tight crop with no face found is analysed padded by half its size on each side
 
 
 @dataclass
@@ -53,13 +59,15 @@ class GenerateConfig:
     progress: bool = True
     export_hf: bool = True
     cache_dir: Path | None = None  # analyses by image sha256 (shareable between runs); default out/cache/analysis
+    part: tuple[int, int] | None = None  # (i, n): only the units whose key hashes to i mod n (parallel runs)
 
     def identity(self) -> dict:
         """What must match for a run to resume into an existing folder."""
         return {"source": self.source, "path": None if self.path is None else str(Path(self.path).resolve()),
                 "columns": dict(self.columns), "styles": list(self.styles), "seed": self.seed,
                 "per_image": self.per_image, "variants": self.variants, "composites": self.composites,
-                "held_out": self.held_out, "teacher": self.teacher_model if self.teacher_url else None}
+                "held_out": self.held_out, "teacher": self.teacher_model if self.teacher_url else None,
+                **({"part": list(self.part)} if self.part else {})}
 
 
 @dataclass
@@ -75,6 +83,8 @@ class RunStats:
     tool_ms: float = 0.0  # time the face tools took on images analysed in this run (cache misses)
     analysed: int = 0  # images analysed in this run
     failed_units: int = 0  # images that could not be read (listed in failed.jsonl; retried on resume)
+    skipped_inputs: int = 0  # dataset files the adapter left out (listed in skipped_inputs.jsonl)
+    padded: int = 0  # tight crops analysed padded because the detector found no face on them
     seconds: float = 0.0  # wall time of the generation loop
     by_style: dict = field(default_factory=dict)
 
@@ -221,13 +231,18 @@ def read_records(out: str | Path) -> Iterable[Record]:
 # ------------------------------------------------------------------ one unit
 
 
-def _image_ref(path: str, sha: str, out: Path, fa) -> ImageRef:
+def _shown_path(path: str, out: Path) -> str:
+    """A path as records store it: relative to the output folder when inside it (records do not depend on where
+    the folder lives), else absolute."""
     p = Path(path).resolve()
     try:
-        shown = str(p.relative_to(out.resolve()))
+        return str(p.relative_to(out.resolve()))
     except ValueError:
-        shown = str(p)
-    return ImageRef(path=shown, sha256=sha, width=fa.image.width, height=fa.image.height)
+        return str(p)
+
+
+def _image_ref(path: str, sha: str, out: Path, fa) -> ImageRef:
+    return ImageRef(path=_shown_path(path, out), sha256=sha, width=fa.image.width, height=fa.image.height)
 
 
 def _facts_text(labels: list[Label]) -> str:
@@ -265,21 +280,75 @@ class Generator:
         else:
             from tqdm import tqdm
 
-            items = list(tqdm(items_from_spec(cfg.source, cfg.path, self.out, columns=cfg.columns),
+            skipped: list[dict] = []
+            items = list(tqdm(items_from_spec(cfg.source, cfg.path, self.out, columns=cfg.columns, skipped=skipped,
+                                              seed=cfg.seed),
                               desc=f"reading {cfg.source}", unit="image", disable=not cfg.progress))
+            self.stats.skipped_inputs = len(skipped)
+            if skipped or (self.out / SKIPPED_FILE).exists():
+                atomic_write(self.out / SKIPPED_FILE, "".join(json.dumps(s) + "\n" for s in skipped).encode())
         keys = [it.key for it in items]
         if len(set(keys)) != len(keys):
             raise ValueError(f"source {cfg.source!r} gives two items the same key; record ids would collide")
         self.stats.split_overrides = finalize_splits(items, cfg.seed, cfg.held_out)
+        if cfg.composites > 0 and cfg.source in COMPOSED_SOURCES:
+            # composed from photos of one split each (after the splits are final), so nothing straddles splits
+            from .composites import multi_face_items, pair_items
+
+            items += multi_face_items([it for it in items if "tight_crop" in it.meta], self.out, seed=cfg.seed)
+            items += pair_items([it for it in items if it.source == "celeba"], self.out, self.cache, seed=cfg.seed)
+        # a seeded order across the whole source (not its first files): a limited run, or the records written so
+        # far by a long run, are a sample of every dataset, composite and pair kind
+        items = sorted(items, key=lambda it: stable_hash(cfg.seed, "order", it.key))
         if cfg.limit:
-            # a seeded sample across the whole source (not just its first files), in a stable order
-            items = sorted(items, key=lambda it: stable_hash(cfg.seed, "order", it.key))[: cfg.limit]
+            items = items[: cfg.limit]
+        if cfg.part:  # one of n parallel runs (each its own --out): a fixed share of the units
+            i, n = cfg.part
+            items = [it for it in items if stable_hash("part", it.key) % n == i]
+        if "agent" in cfg.styles:  # second photos for the agent's two-image questions
+            self._partners = partner_pool(items, lambda it: it.split or assign_split(it.group, cfg.seed, cfg.held_out))
         return items
+
+    def _padded(self, item: SourceItem, sha: str):
+        """A tight crop the detector missed: analyse (and train on) a padded copy; the record says so."""
+        from PIL import Image, ImageOps
+
+        target = self.out / "images" / "padded" / f"{sha[:24]}.png"
+        if not target.is_file():
+            im = ImageOps.exif_transpose(Image.open(item.image_path)).convert("RGB")
+            border = round(PAD_SHARE * max(im.size))
+            mean = tuple(int(v) for v in im.resize((1, 1), Image.BILINEAR).getpixel((0, 0)))
+            import io
+
+            buf = io.BytesIO()
+            ImageOps.expand(im, border=border, fill=mean).save(buf, format="PNG")
+            atomic_write(target, buf.getvalue())
+        item.meta = {**item.meta, "padded_from": item.meta.get("dataset_file", item.image_path),
+                     "padding": f"{PAD_SHARE:g} of the crop on each side (no face found on the tight crop)"}
+        item.image_path = str(target)
+        self.stats.padded += 1
+        new_sha = file_sha256(target)
+        return new_sha, self.cache.get(target, new_sha, item.meta.get("analysis_steps"))
+
+    def _partner(self, item: SourceItem, split: str):
+        """(path, analysis) of a second photo for the agent's two-image questions, or None."""
+        other = pick_partner(item, getattr(self, "_partners", {}), split, self.cfg.seed)
+        if other is None:
+            return None
+        try:
+            pfa = self.cache.get(other.image_path, file_sha256(other.image_path))
+        except (OSError, ValueError):
+            return None
+        return (other.image_path, pfa) if pfa.faces else None
 
     def unit_records(self, item: SourceItem, writer: ShardWriter) -> list[Record]:
         cfg = self.cfg
+        if item.build is not None:
+            item.build()
         sha = file_sha256(item.image_path)
-        fa = self.cache.get(item.image_path, sha)
+        fa = self.cache.get(item.image_path, sha, item.meta.get("analysis_steps"))
+        if not fa.faces and item.meta.get("tight_crop"):
+            sha, fa = self._padded(item, sha)
         labels = list(item.labels) + assign_face_ids(fa, item.face_labels) + \
             drop_hidden(model_labels(fa), fa, item.meta.get("occluded", []))
         facts = Facts(labels)
@@ -291,9 +360,16 @@ class Generator:
         for style in cfg.styles:
             rng = random.Random(stable_hash(cfg.seed, item.key, style))
             if style == "agent":
-                drafts = [(d.category, d.turns, d.labels, {"evidence": d.evidence}, d.question, d.answer)
-                          for d in agent_drafts(item.image_path, fa, rng, gallery=self.gallery,
-                                                per_image=max(1, cfg.per_image - 1))]
+                # identity traces cost a descriptor each: on real datasets only one image in GALLERY_EVERY
+                use_gallery = item.source == "offline" or stable_hash(cfg.seed, "gallery", item.key) % GALLERY_EVERY == 0
+                use_partner = item.source == "offline" or stable_hash(cfg.seed, "partner", item.key) % PARTNER_EVERY == 0
+                drafts = [(d.category, d.turns, d.labels,
+                           {"evidence": d.evidence,
+                            **({"images": [_shown_path(p, self.out) for p in d.images]} if len(d.images) > 1 else {})},
+                           d.question, d.answer)
+                          for d in agent_drafts(item.image_path, fa, rng, gallery=self.gallery if use_gallery else None,
+                                                per_image=max(1, cfg.per_image - 1),
+                                                partner=self._partner(item, split) if use_partner else None)]
                 generator = GENERATOR
             else:
                 qa = generate_style(style, facts, rng, TemplateTeacher(rng), per_image=cfg.per_image)

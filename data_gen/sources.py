@@ -20,6 +20,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ class SourceItem:
     labels: list[Label] = field(default_factory=list)  # image-level labels
     face_labels: list[tuple[Point | None, Label]] = field(default_factory=list)  # per face, anchored at a point
     meta: dict = field(default_factory=dict)
+    # renders a composed image (and sets its anchored labels) when the pipeline reaches the unit
+    build: Callable[[], None] | None = field(default=None, repr=False)
 
 
 def stable_hash(*parts: object) -> int:

@@ -7,6 +7,7 @@ per style written as a PNG.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class DataStats:
     distinct: dict = field(default_factory=dict)  # style -> {"distinct-1": .., "distinct-2": ..}
     tool_calls: Counter = field(default_factory=Counter)
     leaks: list = field(default_factory=list)  # groups found in more than one split (should stay empty)
+    skipped_inputs: Counter = field(default_factory=Counter)  # dataset files the adapters left out, per reason
 
     def to_dict(self) -> dict:
         return {"records": self.records, "images": self.images, "by_style": dict(self.by_style),
@@ -44,7 +46,7 @@ class DataStats:
                 "human_label_names": dict(self.human_label_names.most_common()),
                 "model_label_names": dict(self.model_label_names.most_common()),
                 "distinct_n": self.distinct, "tool_calls": dict(self.tool_calls.most_common()),
-                "split_leaks": self.leaks}
+                "split_leaks": self.leaks, "skipped_inputs": dict(self.skipped_inputs)}
 
 
 def compute_stats(out: str | Path) -> DataStats:
@@ -79,6 +81,12 @@ def compute_stats(out: str | Path) -> DataStats:
             answers[r.style].append(a)
             st.answer_words[r.style].append(len(a.split()))
     st.images = len(seen_images)
+    skipped = Path(out) / "skipped_inputs.jsonl"  # written by the pipeline (data_gen/pipeline.py SKIPPED_FILE)
+    if skipped.is_file():
+        for line in skipped.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                s = json.loads(line)
+                st.skipped_inputs[f"{s['source']}: {s['reason']}"] += 1
     for split in sorted(st.by_split):
         st.groups_per_split[split] = sum(1 for s in group_splits.values() if split in s)
     st.leaks = sorted(g for g, s in group_splits.items() if len(s) > 1)
@@ -140,5 +148,6 @@ def format_stats(st: DataStats) -> str:
         lines.append("\nanswer variety (distinct-1 / distinct-2):")
         for s, d in st.distinct.items():
             lines.append(f"  {s:<12}  {d['distinct-1']:.3f} / {d['distinct-2']:.3f}")
+    block("dataset files skipped (skipped_inputs.jsonl)", st.skipped_inputs)
     lines.append("\nsplit leaks (groups in more than one split): " + (", ".join(st.leaks[:10]) or "none"))
     return "\n".join(lines)

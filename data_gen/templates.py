@@ -75,11 +75,16 @@ def age_text(rng: random.Random, fact: Fact) -> str:
     if isinstance(v, list):
         lo, hi = round(v[0]), round(v[1])
         if hi <= lo:
-            return pick(rng, [f"about {lo} years", f"around {lo} years"])
+            return pick(rng, [f"about {years(lo)}", f"around {years(lo)}"])
         if hi >= 100:
             return pick(rng, [f"{lo} years or older", f"over {lo} years"])
         return pick(rng, [f"{lo}-{hi} years", f"between {lo} and {hi} years", f"{lo} to {hi} years"])
-    return pick(rng, [f"about {round(float(v))} years", f"around {round(float(v))} years"])
+    n = round(float(v))
+    return pick(rng, [f"about {years(n)}", f"around {years(n)}"])
+
+
+def years(n: int) -> str:
+    return "1 year" if n == 1 else f"{n} years"
 
 
 def gender_text(rng: random.Random, fact: Fact, *, noun: bool | None = None) -> str:

@@ -180,3 +180,60 @@ def hf_imagefolder(root: Path) -> Path:
                                     "000001.jpg,2880,True,False,False,True\n"
                                     "000002.jpg,2937,False,True,False,False\n")
     return root / "celeba_imagefolder"
+
+
+# ------------------------------------------------------------------ shipped copies in the real layouts
+# tests/fixtures/datasets/ holds tiny copies of the three real datasets' layouts (as in ../shared/data), built once
+# by ``build_shipped`` from the packaged photos and committed (~100 KB), so the adapters are tested on files in the
+# published layouts without the datasets themselves.
+SHIPPED = Path(__file__).parent / "fixtures" / "datasets"
+SHIPPED_CELEBA_IDENTITIES = {"000001.jpg": "101", "000002.jpg": "101", "000003.jpg": "202", "000004.jpg": "202",
+                             "000005.jpg": "303", "000006.jpg": "404"}
+
+
+def _group_face(index: int, size: tuple[int, int], scale: float = 1.8) -> Image.Image:
+    return face_crop("group", size, scale, index=index)
+
+
+def build_shipped(root: Path = SHIPPED) -> Path:
+    # UTKFace crop_part1: AGE_GENDER_RACE_DATETIME.jpg.chip.jpg, 200x200, tight crops; two names lack a field
+    utk = root / "utkface" / "crop_part1"
+    for name, img in [("35_1_0_20170109142408075.jpg.chip.jpg", face_crop("astronaut", (200, 200), 1.25)),
+                      ("79_1_0_20170120225751953.jpg.chip.jpg", face_crop("grace_hopper", (200, 200), 1.25)),
+                      ("24_0_4_20170117200930584.jpg.chip.jpg", face_crop("camera", (200, 200), 1.25)),
+                      ("30_0_1_20170117190315172.jpg.chip.jpg", _group_face(2, (200, 200), 1.25)),
+                      ("61_1_20170109142408075.jpg.chip.jpg", face_crop("astronaut", (200, 200), 1.3, mirror=True)),
+                      ("61_3_20170109150557335.jpg.chip.jpg", face_crop("camera", (200, 200), 1.3, mirror=True))]:
+        utk.mkdir(parents=True, exist_ok=True)
+        img.save(utk / name, quality=80)
+    # FER2013 class folders: 48x48 greyscale JPEG, train/ and validation/ (the public test half)
+    fer = root / "fer2013"
+    for rel, img in [("train/happy/Training_10000001.jpg", face_crop("astronaut", (48, 48), 1.2)),
+                     ("train/happy/Training_10000002.jpg", _group_face(5, (48, 48), 1.2)),
+                     ("train/neutral/Training_10000003.jpg", face_crop("camera", (48, 48), 1.2)),
+                     ("validation/happy/PublicTest_10000004.jpg", _group_face(3, (48, 48), 1.2)),
+                     ("validation/neutral/PublicTest_10000005.jpg", _group_face(4, (48, 48), 1.2))]:
+        (fer / rel).parent.mkdir(parents=True, exist_ok=True)
+        ImageOps.grayscale(img).save(fer / rel, quality=90)
+    # CelebA identities only (no list_attr_celeba.txt), in-the-wild img_celeba photos up to 400 px; 000001 shows
+    # three people, its identity is the main (largest) face's
+    cel = root / "celeba"
+    (cel / "img_celeba").mkdir(parents=True, exist_ok=True)
+    (cel / "Anno").mkdir(parents=True, exist_ok=True)
+    group = ImageOps.exif_transpose(Image.open(photo("group"))).convert("RGB")
+    wild = group.crop((430, 30, 1060, 500))
+    wild.thumbnail((400, 400))
+    wild.save(cel / "img_celeba" / "000001.jpg", quality=80)
+    _group_face(4, (150, 180), 2.4).save(cel / "img_celeba" / "000002.jpg", quality=80)
+    for name, img in [("000003.jpg", face_crop("astronaut", (220, 260), 2.6)),
+                      ("000004.jpg", face_crop("astronaut", (200, 240), 2.2, mirror=True)),
+                      ("000005.jpg", face_crop("grace_hopper", (220, 260), 2.4)),
+                      ("000006.jpg", face_crop("tom_hanks", (112, 112), 1.4))]:
+        img.save(cel / "img_celeba" / name, quality=80)
+    lines = [f"{k} {v}" for k, v in SHIPPED_CELEBA_IDENTITIES.items()] + ["000099.jpg 505"]  # a subset: not all here
+    (cel / "Anno" / "identity_CelebA.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+if __name__ == "__main__":
+    print(build_shipped())

@@ -8,7 +8,8 @@ from pathlib import Path
 import datagen_fixtures as fx
 import pytest
 
-from facellm.data_gen.adapters import (DatasetLayoutError, items_from_spec, parse_columns, row_labels)
+from facellm.data_gen.adapters import (DatasetLayoutError, DatasetWarning, items_from_spec, parse_columns,
+                                       row_labels)
 from facellm.data_gen.pipeline import GenerateConfig, Generator
 from facellm.data_gen.loader import load_records
 
@@ -58,12 +59,13 @@ def test_fairface(tmp_path, cache):
 
 def test_utkface(tmp_path, cache):
     root = fx.utkface(tmp_path / "utk")
-    items = list(items_from_spec("utkface", root / "UTKFace", tmp_path))
+    with pytest.warns(DatasetWarning, match="skipped 1 file"):
+        items = list(items_from_spec("utkface", root / "UTKFace", tmp_path))
     assert len(items) == 3  # the file without a race field is left out
     by_age = {_labels(it)["age"]: _labels(it) for it in items}
     assert by_age[35] == {"age": 35, "gender": "female", "race": "White"}
     assert by_age[24] == {"age": 24, "gender": "male"}  # race 4 "Others" says nothing
-    records = _run(tmp_path, cache, "utkface", root / "UTKFace")
+    records = _run(tmp_path, cache, "utkface", root / "UTKFace", composites=0)
     ages = [lb.value for r in records for lb in r.labels if lb.name == "age" and lb.kind == "human"]
     assert set(ages) == {35, 79, 24}
     (tmp_path / "empty").mkdir()
@@ -80,11 +82,12 @@ def test_celeba_attributes_identity_and_disjoint_splits(tmp_path, cache):
     assert lab["beard"] is False and lab["smile"] is False and "attractive" not in {n.lower() for n in lab}
     assert _labels(items[3])["gender"] == "male" and _labels(items[3])["beard"] is True  # No_Beard = -1
     assert items[0].group == items[2].group == "celeba:id:2880"
-    records = _run(tmp_path, cache, "celeba", root)
+    records = _run(tmp_path, cache, "celeba", root, composites=0)
     splits: dict[str, set[str]] = {}
     for r in records:
         splits.setdefault(r.group, set()).add(r.split)
     assert all(len(s) == 1 for s in splits.values())  # identity-disjoint
+    # list_eval_partition.txt decides where it exists (2 = test, 0 = train)
     assert splits["celeba:id:2937"] == {"test"} and splits["celeba:id:2880"] == {"train"}
     # an answer about glasses on the Grace Hopper crop comes from the human attribute
     texts = " ".join(a for r in records if r.group == "celeba:id:2937" for a in r.answers())
@@ -160,8 +163,15 @@ def test_bad_sources(tmp_path):
         items_from_spec("celeba", None, tmp_path)
     with pytest.raises(DatasetLayoutError, match="does not exist"):
         items_from_spec("celeba", tmp_path / "nope", tmp_path)
-    with pytest.raises(DatasetLayoutError, match="img_align_celeba"):
+    with pytest.raises(DatasetLayoutError, match="img_align_celeba/ or img_celeba"):
         list(items_from_spec("celeba", tmp_path, tmp_path))
+    (tmp_path / "img_celeba").mkdir()
+    with pytest.raises(DatasetLayoutError, match="neither list_attr_celeba.txt nor identity_CelebA.txt"):
+        list(items_from_spec("celeba", tmp_path, tmp_path))
+    with pytest.raises(DatasetLayoutError, match="no train/ or validation/"):
+        list(items_from_spec("fer2013", tmp_path, tmp_path))
+    with pytest.raises(DatasetLayoutError, match="holds none of"):
+        list(items_from_spec("facedata", tmp_path / "img_celeba", tmp_path))
     with pytest.raises(DatasetLayoutError, match="fairface_label_train.csv"):
         list(items_from_spec("fairface", tmp_path, tmp_path))
     with pytest.raises(ValueError, match="unknown source"):

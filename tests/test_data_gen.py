@@ -413,7 +413,7 @@ def _start_and_wait(cmd: list[str], progress: Path, units: int) -> subprocess.Po
     # give the child the default disposition so that Ctrl-C (SIGINT) reaches it as it would from a terminal
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a cold start (models, the offline originals) on a shared, loaded CPU is slow
     while time.time() < deadline and proc.poll() is None:
         if progress.exists() and len(progress.read_text().splitlines()) >= units:
             break

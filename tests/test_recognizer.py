@@ -109,3 +109,55 @@ def test_calibration_can_be_remade(tmp_path):
     old = json.loads(CALIBRATION_FILE.read_text())
     assert new["threshold"] == old["threshold"]
     assert new["genuine"] == old["genuine"] and new["impostor"] == old["impostor"]
+
+
+# --- which face of a photo verify uses, and the caller's choice -----------------------------------------
+def _det(x1: float, y1: float, size: float):
+    from facellm.tools.schema import Box, Detection
+
+    c = (x1 + size / 2, y1 + size / 2)
+    return Detection(box=Box(x1=x1, y1=y1, x2=x1 + size, y2=y1 + size), score=0.9, kpts5=[c] * 5, source="test")
+
+
+def test_main_face_is_the_largest_then_the_most_central():
+    from facellm.tools.recognizer import main_face
+
+    # a clearly larger face wins even off-centre
+    assert main_face([_det(10, 10, 120), _det(300, 200, 60)], 640, 480) == 0
+    # about equally large faces (within 0.8 of the largest's width): the one nearest the centre
+    assert main_face([_det(10, 10, 100), _det(280, 200, 90), _det(500, 300, 95)], 640, 480) == 1
+    # just under the share: size decides again
+    assert main_face([_det(10, 10, 100), _det(280, 200, 79)], 640, 480) == 0
+    with pytest.raises(NoFaceError):
+        main_face([], 640, 480)
+
+
+def test_verify_says_which_face_it_used_and_takes_the_callers_choice(rec):
+    group = load_image(photo("group"))
+    n = len(rec.find_faces(group))
+    assert n == 6
+    res = rec.verify(group, group)
+    assert res.same_person and res.distance == 0.0
+    assert res.faces[0] == res.faces[1] and res.num_faces == [6, 6] and res.face_choice == ["main face"] * 2
+    # two different people of the same photo, chosen by number (left to right)
+    res = rec.verify(group, group, face_a=1, face_b=2)
+    assert not res.same_person and res.faces == [1, 2] and res.face_choice == ["asked", "asked"]
+    assert res.boxes[0].center[0] < res.boxes[1].center[0]
+    # the same face asked in a mirrored copy: face 1 becomes face 6
+    mirror = group.rgb[:, ::-1].copy()
+    assert rec.verify(group, mirror, face_a=1, face_b=6).same_person
+    with pytest.raises(NoFaceError, match="numbered 1..6"):
+        rec.verify(group, group, face_a=7)
+    with pytest.raises(ValueError, match="embedding"):
+        rec.verify(rec.embed(group, 1), group, face_a=1)
+
+
+def test_verify_numbers_faces_as_the_detect_tool_does(rec):
+    # `facellm tools detect` numbers faces with the default detector; verify's face numbers are the same
+    from facellm.tools.detector import detect as detect_faces
+
+    group = load_image(photo("group"))
+    shown = detect_faces(group)
+    for number in (1, 4, 6):
+        res = rec.verify(group, group, face_a=number, face_b=number)
+        assert res.boxes[0].iou(shown[number - 1].box) > 0.5

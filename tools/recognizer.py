@@ -53,6 +53,11 @@ class VerifyResult(BaseModel):
     threshold: float
     source: str
     boxes: list[Box | None] = Field(default_factory=list, description="the face used in a and b (None: embedding)")
+    faces: list[int | None] = Field(default_factory=list,
+                                    description="1-based number (left to right) of the face used in a and b")
+    num_faces: list[int | None] = Field(default_factory=list, description="faces found in a and b")
+    face_choice: list[str] = Field(default_factory=list,
+                                   description="how each face was chosen: 'asked', 'main face' or 'embedding'")
 
 
 def load_threshold(path: Path = CALIBRATION_FILE) -> float:
@@ -86,19 +91,40 @@ def _largest(dets: list[Detection]) -> Detection:
     return max(dets, key=lambda d: d.box.area)
 
 
+# Detectors tried in turn when an image comes without a face (see FaceRecognizer).
+DEFAULT_DETECTORS: tuple[str, ...] = ("mediapipe", "mtcnn", "dlib-hog")
+# "The" face of a photo: among faces at least this share of the largest face's width, the most central.
+MAIN_FACE_SIZE_SHARE = 0.8
+
+
+def main_face(dets: Sequence[Detection | Face], width: int, height: int) -> int:
+    """Index of the face ``verify`` uses when the caller names none: the largest face, or, when several
+    are about as large (width >= MAIN_FACE_SIZE_SHARE x the largest), the one nearest the image centre."""
+    if not dets:
+        raise NoFaceError("no face was found in the image")
+    widths = np.array([max(d.box.width, d.box.height) for d in dets], dtype=np.float64)
+    big = np.nonzero(widths >= MAIN_FACE_SIZE_SHARE * widths.max())[0]
+    cx, cy = width / 2.0, height / 2.0
+    off = [np.hypot(dets[i].box.center[0] - cx, dets[i].box.center[1] - cy) for i in big]
+    return int(big[int(np.argmin(off))])
+
+
 class FaceRecognizer:
     """Holds dlib's 5-point model and ResNet descriptor (load once, ~0.3 s; thread-safe).
 
     ``detectors`` are the backends (see ``tools.detector``) tried in turn when an image comes without a
-    face. MTCNN first: its O-Net probability separates faces from face-like patterns far better than
-    HOG's margin (a JPEG of the astronaut photo makes HOG report her mission patch as a second face,
-    which would block enrolment), and it handles turned heads. HOG is the fallback. Either way the face
-    is re-boxed from its key points in dlib's convention before the 5-point alignment.
+    face. The default detector first, so that face numbers are the ones ``facellm tools detect``,
+    ``analyze`` and the agent's tools show (it also finds small, tiled and turned faces and checks each
+    with the face mesh); MTCNN next (its O-Net separates faces from face-like patterns far better than
+    HOG's margin: HOG reports the astronaut's mission patch as a face); HOG last. On 1,735 in-the-wild
+    CelebA photos (bench/verify.py) this order found a face in all but a handful, and verified as well
+    as MTCNN first. Either way the face is re-boxed from its key points in dlib's convention before the
+    5-point alignment.
     """
 
     source = SOURCE
 
-    def __init__(self, threshold: float | None = None, detectors: Sequence[str] = ("mtcnn", "dlib-hog"),
+    def __init__(self, threshold: float | None = None, detectors: Sequence[str] = DEFAULT_DETECTORS,
                  num_jitters: int = 0) -> None:
         self.threshold = load_threshold() if threshold is None else float(threshold)
         if not 0.0 < self.threshold < 2.0:
@@ -129,7 +155,7 @@ class FaceRecognizer:
             if not dets:
                 raise NoFaceError("no face was found in the image")
             if face is None:
-                face = _largest(dets)
+                face = dets[main_face(dets, image.width, image.height)]
             elif not 1 <= face <= len(dets):
                 raise NoFaceError(f"face {face} was asked for, but the image has {len(dets)} face(s), "
                                   f"numbered 1..{len(dets)} left to right")
@@ -155,7 +181,7 @@ class FaceRecognizer:
     def embed(self, image: ImageInput | LoadedImage, face: FaceRef = None) -> np.ndarray:
         """Raw 128-d descriptor (float32) of one face.
 
-        ``face``: None (the largest face found), a 1-based face number (left to right, as in
+        ``face``: None (the main face: see ``verify``), a 1-based face number (left to right, as in
         FaceAnalysis), a ``Detection`` / ``Face`` from any detector, a ``Box`` in dlib-HOG convention, or
         the five key points (right eye, left eye, nose tip, right / left mouth corner).
         """
@@ -171,15 +197,34 @@ class FaceRecognizer:
 
     # -- comparing -----------------------------------------------------------------------------------
 
-    def _resolve(self, x: FaceOrEmbedding) -> tuple[np.ndarray, Box | None]:
-        if _looks_like_embedding(x):
-            return as_embedding(x), None  # type: ignore[arg-type]
-        img = as_loaded(x)  # type: ignore[arg-type]
+    def choose_face(self, image: ImageInput | LoadedImage, face: int | None = None,
+                    which: str = "the image") -> tuple[Detection, int, int]:
+        """(face, its 1-based number, how many faces) for ``face`` (1-based, left to right) or, when None,
+        the photo's main face (``main_face``: the largest, the most central of about-equally large ones)."""
+        img = as_loaded(image)
         dets = self.find_faces(img)
         if not dets:
-            raise NoFaceError("no face was found in the image")
-        d = _largest(dets)
-        return self.embed(img, d), d.box
+            raise NoFaceError(f"no face was found in {which}")
+        if face is None:
+            i = main_face(dets, img.width, img.height)
+        elif isinstance(face, bool) or not isinstance(face, (int, np.integer)):
+            raise ValueError(f"a face number must be an integer 1..{len(dets)}, got {face!r}")
+        elif not 1 <= face <= len(dets):
+            raise NoFaceError(f"face {face} was asked for, but {which} has {len(dets)} face(s), "
+                              f"numbered 1..{len(dets)} left to right")
+        else:
+            i = int(face) - 1
+        return dets[i], i + 1, len(dets)
+
+    def _resolve(self, x: FaceOrEmbedding, face: int | None, which: str
+                 ) -> tuple[np.ndarray, Box | None, int | None, int | None, str]:
+        if _looks_like_embedding(x):
+            if face is not None:
+                raise ValueError(f"{which} is an embedding: a face number does not apply to it")
+            return as_embedding(x), None, None, None, "embedding"  # type: ignore[arg-type]
+        img = as_loaded(x)  # type: ignore[arg-type]
+        d, number, n = self.choose_face(img, face, which)
+        return self.embed(img, d), d.box, number, n, "main face" if face is None else "asked"
 
     def distance(self, a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:
         return float(np.linalg.norm(as_embedding(a).astype(np.float64) - as_embedding(b).astype(np.float64)))
@@ -187,14 +232,21 @@ class FaceRecognizer:
     def similarity(self, distance: float) -> float:
         return similarity_from_distance(distance, self.threshold)
 
-    def verify(self, a: FaceOrEmbedding, b: FaceOrEmbedding) -> VerifyResult:
-        """Same person or not. ``a`` / ``b``: an image (its largest face is used) or a 128-d embedding."""
-        ea, box_a = self._resolve(a)
-        eb, box_b = self._resolve(b)
+    def verify(self, a: FaceOrEmbedding, b: FaceOrEmbedding, face_a: int | None = None,
+               face_b: int | None = None) -> VerifyResult:
+        """Same person or not. ``a`` / ``b``: an image or a 128-d embedding.
+
+        Which face of a photo: ``face_a`` / ``face_b`` (1-based, left to right, as ``facellm tools detect``
+        numbers them), or by default the photo's main face: the largest one, and among faces about as large
+        (width >= 0.8 x the largest's) the one nearest the image centre. ``faces`` / ``face_choice`` in the
+        result say which was used."""
+        ea, box_a, na, ca, how_a = self._resolve(a, face_a, "image a")
+        eb, box_b, nb, cb, how_b = self._resolve(b, face_b, "image b")
         d = self.distance(ea, eb)
         return VerifyResult(same_person=d <= self.threshold, distance=round(d, 6),
                             similarity=round(self.similarity(d), 6), threshold=self.threshold,
-                            source=self.source, boxes=[box_a, box_b])
+                            source=self.source, boxes=[box_a, box_b], faces=[na, nb], num_faces=[ca, cb],
+                            face_choice=[how_a, how_b])
 
 
 _default: FaceRecognizer | None = None
@@ -362,7 +414,9 @@ def calibrate(out: Path = CALIBRATION_FILE, verbose: bool = True) -> dict:
     """Rebuild the verification calibration from the bundled photos and write it to ``out`` (~40 s)."""
     import datetime
 
-    rec = FaceRecognizer(threshold=DLIB_LFW_THRESHOLD)
+    # the detectors the stored calibration was made with (its figures stay reproducible); the shipped
+    # order's figures on real photo pairs are in bench/results/verify.md
+    rec = FaceRecognizer(threshold=DLIB_LFW_THRESHOLD, detectors=("mtcnn", "dlib-hog"))
     emb, labels, variants, missed = _embed_variants(rec, verbose)
     dist = np.linalg.norm(emb[:, None] - emb[None], axis=2)
     lab, var = np.array(labels), np.array(variants)

@@ -157,12 +157,20 @@ def _verify(args: argparse.Namespace) -> None:
 
     if not args.other:
         _die("verify needs two images: facellm tools verify IMAGE_A IMAGE_B")
-    res = FaceRecognizer().verify(args.image, args.other)
+    from facellm.tools.recognizer import NoFaceError
+
+    try:
+        res = FaceRecognizer().verify(args.image, args.other, face_a=args.face_a, face_b=args.face_b)
+    except NoFaceError as e:
+        _die(f"verify: {e}" + ("" if "numbered" not in str(e) else "; pick one with --face-a / --face-b"))
     if args.json:
         print(res.model_dump_json(indent=2))
     else:
         verdict = "same person" if res.same_person else "different people"
-        print(f"{verdict}: distance {res.distance:.3f} (threshold {res.threshold:.3f}), similarity {res.similarity:.2f}")
+        print(f"{verdict} (estimate): distance {res.distance:.3f} (threshold {res.threshold:.3f}), "
+              f"similarity {res.similarity:.2f}")
+        for label, n, total, how in zip("ab", res.faces, res.num_faces, res.face_choice):
+            print(f"  image {label}: face {n} of {total} ({how})")
 
 
 # ---------------------------------------------------------------- gallery
@@ -257,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("tool", choices=[*TOOL_STEPS, "verify"])
     t.add_argument("image", help="image file (jpg, png, webp, tiff, ...)")
     t.add_argument("other", nargs="?", help="second image, for verify")
+    t.add_argument("--face-a", type=int, default=None, metavar="N",
+                   help="verify: face N (1 = leftmost) of the first image; default its main face (the largest; "
+                        "of about equally large faces, the most central)")
+    t.add_argument("--face-b", type=int, default=None, metavar="N", help="verify: face N of the second image")
     t.add_argument("--json", action="store_true", help="print the FaceAnalysis JSON")
     t.add_argument("--compact", action="store_true", help="with --json: one line")
     t.add_argument("--draw", metavar="OUT.png", help="draw the results on the photo")

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from .assets import home
 from .image_io import ImageInput, ImageLoadError, LoadedImage, as_loaded
 from .recognizer import SOURCE as DESCRIPTOR_SOURCE
-from .recognizer import EMBEDDING_DIM, FaceRecognizer, NoFaceError, as_embedding, get_recognizer
+from .recognizer import EMBEDDING_DIM, FaceRecognizer, NoFaceError, as_embedding, get_recognizer, main_face
 from .schema import Box
 
 SCHEMA_VERSION = 1
@@ -394,8 +394,8 @@ class Gallery:
 
     def identify(self, query: ImageInput | LoadedImage | np.ndarray | Sequence[float], top_k: int = 3,
                  face_id: int | None = None) -> IdentifyResult:
-        """Who is this? ``query``: an image (its largest face, or ``face_id`` 1-based left to right) or a
-        128-d embedding. ``matches`` holds the ``top_k`` nearest enrolled people."""
+        """Who is this? ``query``: an image (its main face as ``verify`` picks it, or ``face_id`` 1-based left
+        to right) or a 128-d embedding. ``matches`` holds the ``top_k`` nearest enrolled people."""
         if top_k < 1:
             raise GalleryError("top_k must be at least 1")
         if isinstance(query, (list, tuple)) or (isinstance(query, np.ndarray) and query.ndim == 1):
@@ -405,7 +405,7 @@ class Gallery:
         if not dets:
             raise NoFaceError("no face was found in the image")
         if face_id is None:
-            det = max(dets, key=lambda d: d.box.area)
+            det = dets[main_face(dets, img.width, img.height)]
         elif 1 <= face_id <= len(dets):
             det = dets[face_id - 1]
         else:

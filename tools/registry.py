@@ -153,8 +153,10 @@ class VerifyArgs(_Args):
     image_a: str = Field(description="id of the first image", min_length=1, max_length=64)
     image_b: str = Field(description="id of the second image (may equal image_a to compare two faces in it)",
                          min_length=1, max_length=64)
-    face_a: int | None = Field(default=None, ge=1, description="face in image_a (default: the largest)")
-    face_b: int | None = Field(default=None, ge=1, description="face in image_b (default: the largest)")
+    face_a: int | None = Field(default=None, ge=1, description="face number in image_a (1 = leftmost); default: "
+                               "the main face (the largest; of about equally large ones, the most central)")
+    face_b: int | None = Field(default=None, ge=1, description="face number in image_b (1 = leftmost); default: "
+                               "the main face (the largest; of about equally large ones, the most central)")
 
 
 class IdentifyArgs(_Args):
@@ -376,7 +378,9 @@ def _face_for_identity(store: ImageStore, image_id: str, face_id: int | None) ->
     if not fa.faces:
         raise ToolError(f"no face was found in {image_id}")
     if face_id is None:
-        return max(fa.faces, key=lambda f: f.box.area), fa
+        from .recognizer import main_face
+
+        return fa.faces[main_face(fa.faces, fa.image.width, fa.image.height)], fa
     return _faces(fa, face_id)[0], fa
 
 
@@ -396,6 +400,7 @@ def _run_verify(args: VerifyArgs, store: ImageStore) -> dict:
     fb_face, _ = _face_for_identity(store, args.image_b, args.face_b)
     d = rec.distance(_embedding(store, args.image_a, fa_face), _embedding(store, args.image_b, fb_face))
     return {"image_a": args.image_a, "face_a": fa_face.id, "image_b": args.image_b, "face_b": fb_face.id,
+            "face_choice": ["asked" if f is not None else "main face" for f in (args.face_a, args.face_b)],
             "same_person": d <= rec.threshold, "distance": _r(d, 3), "similarity": _r(rec.similarity(d)),
             "threshold": _r(rec.threshold, 3), "source": rec.source, "kind": ESTIMATE}
 

@@ -49,17 +49,29 @@ class Example:
         return self.text_tokens() + images * (image_tokens + face_tokens * max(1, min(self.num_faces, 8)))
 
 
-def _to_messages(record: dict, image_path: str) -> list[dict]:
+def _to_messages(record: dict, image_path: str) -> list[dict] | None:
+    """The record's conversation as training messages, answers in the model's own voice (None: not trainable).
+
+    The k-th ``<image>`` is ``meta.images[k]`` when the record has several images (two-photo questions)."""
+    from facellm.data_gen.model_voice import model_voice
     from facellm.data_gen.schema import Turn, to_openai
 
     msgs = to_openai([Turn.model_validate(t) for t in record["conversations"]])
-    out = []
+    images = (record.get("meta") or {}).get("images") or None  # data_gen writes them as absolute paths
+    out, seen_images = [], 0
     for m in msgs:
+        if m["role"] == "assistant" and isinstance(m.get("content"), str) and m["content"]:
+            voiced = model_voice(m["content"])
+            if voiced is None:
+                return None
+            m = {**m, "content": voiced}
         if m["role"] == "user" and isinstance(m.get("content"), str) and "<image>" in m["content"]:
             parts: list[dict] = []
             for k, piece in enumerate(m["content"].split("<image>")):
                 if k:
-                    parts.append({"type": "image", "image": image_path})
+                    path = images[seen_images] if images and seen_images < len(images) else image_path
+                    seen_images += 1
+                    parts.append({"type": "image", "image": path})
                 if piece.strip("\n"):
                     parts.append({"type": "text", "text": piece.strip("\n")})
             m = {**m, "content": parts}
@@ -139,6 +151,8 @@ def read_examples(folders: list[str | Path], snapshot: dict[str, int] | None = N
                     img = Path(rec["image"]["path"])
                     img = img if img.is_absolute() else folder / img
                     msgs = _to_messages(rec, str(img))
+                    if msgs is None:  # its answer is about the dataset's annotation (data_gen/model_voice.py)
+                        continue
                     answers = [m["content"] for m in msgs if m["role"] == "assistant" and m.get("content")]
                     faces = rec.get("faces") or {}
                     out.append(Example(id=rec["id"], style=rec["style"], split=rec["split"], image=str(img),

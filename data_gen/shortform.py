@@ -17,6 +17,8 @@ EXPRESSION_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "su
 # the benchmark's age groups (eval/answers.py), repeated here so data_gen does not import eval
 AGE_GROUP_BOUNDS = ((12, "child"), (19, "teen"), (35, "young adult"), (59, "middle-aged"), (200, "senior"))
 AGE_GROUP_TEXT = "child, teen, young adult, middle-aged or senior"
+# race questions in about 1 in 25 answers of a style rather than 1 in 14: the refusal must be learned, not dominate
+RACE_QUESTION_SKIP = 0.45
 NO_RACE = ("FaceLLM does not estimate race or ethnicity from a face.",
            "I don't estimate race or ethnicity: it cannot be read reliably from appearance.",
            "Race and ethnicity are not something I estimate from a photo.")
@@ -145,6 +147,8 @@ def sf_expression(t: TemplateTeacher, f: Facts, i: int) -> QA | None:
 
 def sf_race_refusal(t: TemplateTeacher, f: Facts, i: int) -> QA | None:
     """A question asking for race or ethnicity: say it is not estimated, then answer the rest."""
+    if t.rng.random() < RACE_QUESTION_SKIP:
+        return None
     who = _who(t, f, i)
     rest = t.pick(["age", "gender", "expression", "none"])
     no = t.pick(list(NO_RACE))

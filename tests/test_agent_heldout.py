@@ -75,3 +75,16 @@ def test_items_build_from_the_test_split(tmp_path):
     items, meta = build_items(DATA, tmp_path, per_intent=2)
     assert {i.intent for i in items} >= {"age", "count_multi", "same_person"}
     assert all(Path(p).is_file() for i in items for p in i.images)
+
+
+def test_measured_who_questions_are_not_identity_questions_and_race_is_declined():
+    from facellm.agent.policy import RACE_REFUSAL, apply, is_identity_question
+
+    for q in ("Who is this?", "Who's on the left?", "Who could this be?", "Who is the woman at the top right?"):
+        assert is_identity_question(q), q
+    for q in ("Who looks the oldest?", "who appears oldest", "Who has their eyes closed?", "Who's got a smile on?",
+              "Who is looking at the camera?", "Who in this lineup seems youngest?"):
+        assert not is_identity_question(q), q
+    out = apply("The person looks East Asian.", "What ethnicity is this person?", matched=())
+    assert out.answer == RACE_REFUSAL and out.applied == ["race: not estimated"]
+    assert apply("The person looks about 30.", "How old is she?", matched=()).answer.startswith("The person looks")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .agent_traces import OFFLINE_GALLERY, agent_drafts, gallery_for, partner_pool, pick_partner
-from .evidence import AnalysisCache, assign_face_ids, atomic_write, compact, drop_hidden, file_sha256, model_labels
+from .evidence import ANALYSIS_STEPS, AnalysisCache, assign_face_ids, atomic_write, compact, drop_hidden, file_sha256, model_labels
 from .factcheck import check
 from .facts import Facts
 from .generators import generate_style
@@ -34,6 +34,7 @@ SKIPPED_FILE = "skipped_inputs.jsonl"
 COMPOSED_SOURCES = ("facedata", "utkface", "fer2013", "fer", "celeba")
 GALLERY_EVERY = 8  # real datasets: identity traces (a 100 ms descriptor each) on one image in 8
 PARTNER_EVERY = 6  # real datasets: two-image (same person?) traces (two 100 ms descriptors) on one image in 6
+HAIR_CALL = '"name": "hair"'  # a hair tool call as facellm.toolcall renders it
 PAD_SHARE = 0.5  # a tight crop with no face found is analysed padded by half its size on each side
 
 
@@ -231,6 +232,14 @@ def read_records(out: str | Path) -> Iterable[Record]:
 # ------------------------------------------------------------------ one unit
 
 
+def without_unmeasured_hair(drafts: list, steps) -> list:
+    """Agent drafts (category, turns, ...) minus those that call the hair tool when the analysis ran without the
+    face parser (48 px faces): the tool would report "no hair region", which is not what the photo shows."""
+    if "parse" in steps:
+        return drafts
+    return [d for d in drafts if not any(HAIR_CALL in t.value for t in d[1] if t.from_ == "gpt")]
+
+
 def _shown_path(path: str, out: Path) -> str:
     """A path as records store it: relative to the output folder when inside it (records do not depend on where
     the folder lives), else absolute."""
@@ -370,6 +379,7 @@ class Generator:
                           for d in agent_drafts(item.image_path, fa, rng, gallery=self.gallery if use_gallery else None,
                                                 per_image=max(1, cfg.per_image - 1),
                                                 partner=self._partner(item, split) if use_partner else None)]
+                drafts = without_unmeasured_hair(drafts, item.meta.get("analysis_steps") or ANALYSIS_STEPS)
                 generator = GENERATOR
             else:
                 qa = generate_style(style, facts, rng, TemplateTeacher(rng), per_image=cfg.per_image)

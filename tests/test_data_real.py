@@ -237,3 +237,27 @@ def test_factcheck_reads_scores_and_check_names_as_no_claims():
     assert sorted((c.attribute, c.value) for c in extract_claims("The mouth is open and the eyes are closed.")) == [
         ("eyes_closed", True), ("mouth_open", True)]
     assert [c.attribute for c in extract_claims("The annotators labelled the race group as White.")] == ["race"]
+
+
+def test_no_hair_traces_on_faces_analysed_without_the_parser(facedata):
+    import random
+
+    from facellm.data_gen.adapters import FER_STEPS
+    from facellm.data_gen.agent_traces import IMAGE_ID, Trace
+    from facellm.data_gen.evidence import ANALYSIS_STEPS, AnalysisCache
+    from facellm.data_gen.pipeline import without_unmeasured_hair
+    from facellm.tools.registry import ImageStore
+
+    out, _, records = facedata
+    fer_agent = [r for r in records if r.source == "fer2013" and r.style == "agent"]
+    assert fer_agent
+    assert not [r.id for r in fer_agent if any('"name": "hair"' in t.value for t in r.conversations)]
+    # a real hair call on a FER face analysed without the parser: the tool sees no hair, so the trace is dropped
+    path = str(fx.SHIPPED / "fer2013" / "train" / "happy" / "Training_10000001.jpg")
+    fa = AnalysisCache(out / "cache" / "analysis").get(path, steps=FER_STEPS)
+    tr = Trace(ImageStore({IMAGE_ID: path}, analyses={IMAGE_ID: fa}), "What colour is the hair?", random.Random(0))
+    result = tr.call("hair")
+    assert result["faces"][0]["hair_visible"] is False
+    draft = ("hair", tr.answer("No hair region was found."), [], {}, "q", "a")
+    assert without_unmeasured_hair([draft], FER_STEPS) == []
+    assert without_unmeasured_hair([draft], ANALYSIS_STEPS) == [draft]

@@ -16,6 +16,10 @@ trainables) and one seeded sample of training records; each setting trains on th
 A step is the real one: processor, forward, backward, AdamW step. Settings take turns round by round (round 0
 is a warm-up), so the machine's noise falls on all of them alike; read the ratios. Tokens/s counts the tokens
 the LM actually saw, so packing and pooling lower it while raising records/hour: records/hour is the measure.
+
+Then (``--quality-records``) quality against speed: fresh models (same seed) train on the same QA records with
+the baseline and with the faster settings, and each one's held-out loss on the same validation records (one
+record per example, fp32) says whether packing / pooling / batching cost anything for what they save.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Setting:
     pool: int = 1
     batch: int = 1
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process' CPU time: steadier than wall time on a crowded machine
     records: int = 0
     tokens: int = 0
     losses: list[float] = field(default_factory=list)
@@ -68,6 +73,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
     ap.add_argument("--pack", type=int, default=4)
     ap.add_argument("--agent-share", type=float, default=0.1, help="share of agent traces in the sample")
+    ap.add_argument("--shards", type=int, default=2, help="read only the first N record shards of each folder")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--quality-records", type=int, default=64,
+                    help="then train fresh models on these many QA records per setting and compare held-out loss "
+                         "(0: skip)")
+    ap.add_argument("--quality-epochs", type=int, default=2)
+    ap.add_argument("--held-out", type=int, default=24, help="validation records for the held-out loss")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.md"))
     args = ap.parse_args()
@@ -75,7 +87,7 @@ def main() -> None:
     from facellm.configuration import FaceLLMConfig
     from facellm.lora import add_lora, apply_trainable, lora_spec
     from facellm.modeling import FaceLLMForConditionalGeneration
-    from facellm.train.data import AnalysisCache, load_examples, pack_examples
+    from facellm.train.data import AnalysisCache, load_examples, pack_examples, snapshot_shards
     from facellm.train.features import FeatureCache
     from facellm.train.precision import choose_precision
     from facellm.train.recipe import Recipe
@@ -91,7 +103,12 @@ def main() -> None:
     bf16_ok = precision.mode == "bf16"
     torch.manual_seed(args.seed)
 
-    records = load_examples(data, ("train",))
+    snap = snapshot_shards(data)
+    firsts: dict[str, int] = {}
+    for k in sorted(snap):
+        if sum(1 for f in firsts if Path(f).parent == Path(k).parent) < args.shards:
+            firsts[k] = snap[k]
+    records = load_examples(data, ("train",), snapshot=firsts)
     rng = random.Random(args.seed)
     agent = [e for e in records if e.style == "agent"]
     qa = [e for e in records if e.style != "agent"]
@@ -108,20 +125,50 @@ def main() -> None:
     sample_agent = rng.sample(agent, min(len(agent), (args.rounds + 1) * n_agent)) if n_agent else []
 
     stage = next(s for s in recipe.stages if "lora" in s.train)
-    model = FaceLLMForConditionalGeneration(FaceLLMConfig(**recipe.model))
-    model.lm = add_lora(model.lm, lora_spec(stage.lora))
-    model.config.lora = lora_spec(stage.lora)
-    apply_trainable(model, lora_trainable=True)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+
+    def fresh_model(seed: int):
+        torch.manual_seed(seed)
+        m = FaceLLMForConditionalGeneration(FaceLLMConfig(**recipe.model))
+        m.lm = add_lora(m.lm, lora_spec(stage.lora))
+        m.config.lora = lora_spec(stage.lora)
+        apply_trainable(m, lora_trainable=True)
+        m.train()
+        return m, torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=args.lr)
+
+    model, opt = fresh_model(args.seed)
     cache = AnalysisCache(model.processor, Path("/tmp/facellm-bench-train/analysis"),
                           [Path(d).expanduser() for d in data], [Path(d).expanduser() for d in extra])
     features = FeatureCache(model)
 
+    def train_on(m, o, records_qa, records_agent, st: Setting) -> tuple[float, float, int, int]:
+        """One pass of a setting over these records: (seconds, CPU seconds, records, LM tokens)."""
+        m.config.patch_pool = st.pool
+        m.processor.settings.patch_pool = st.pool
+        image_tokens = math.prod(m.processor.settings.token_grid)
+        exs = pack_examples(records_qa, st.pack, int(0.75 * stage.max_length), image_tokens) + records_agent
+        if st.batch > 1:  # length grouping: sorted, then batches
+            exs.sort(key=lambda e: e.approx_tokens(image_tokens))
+        t0, c0 = time.perf_counter(), time.process_time()
+        recs = toks = 0
+        for i in range(0, len(exs), st.batch):
+            b = exs[i:i + st.batch]
+            batch = make_batch(m, b, cache, features if st.cache else None, stage.max_length, "cpu")
+            if batch is None:
+                continue
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if st.bf16 else contextlib.nullcontext()
+            with ctx:
+                loss = m(**batch).loss
+            loss.backward()
+            o.step()
+            o.zero_grad(set_to_none=True)
+            recs += sum(e.records for e in b)
+            toks += int(batch["attention_mask"].sum())
+            st.losses.append(loss.item())
+        return time.perf_counter() - t0, time.process_time() - c0, recs, toks
+
     settings = _settings(bf16_ok, args.pack)
-    print(f"{len(records)} train records; sample: {len(sample_qa)} QA/caption + {len(sample_agent)} agent traces "
-          f"over {args.rounds} timed rounds; precision available: {precision.label} ({precision.reason}); "
+    print(f"{len(records)} train records read; sample: {len(sample_qa)} QA/caption + {len(sample_agent)} agent "
+          f"traces over {args.rounds} timed rounds; precision available: {precision.label} ({precision.reason}); "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
     def chunk(lst, r, n):
@@ -131,51 +178,73 @@ def main() -> None:
         qa_r = chunk(sample_qa, r, args.records - n_agent)
         ag_r = chunk(sample_agent, r, n_agent)
         for st in settings:
-            model.config.patch_pool = st.pool
-            model.processor.settings.patch_pool = st.pool
-            image_tokens = math.prod(model.processor.settings.token_grid)
-            exs = pack_examples(qa_r, st.pack, int(0.75 * stage.max_length), image_tokens) + ag_r
-            if st.batch > 1:  # length grouping: sorted, then batches
-                exs.sort(key=lambda e: e.approx_tokens(image_tokens))
-            batches = [exs[i:i + st.batch] for i in range(0, len(exs), st.batch)]
-            t0 = time.perf_counter()
-            recs = toks = 0
-            for b in batches:
-                batch = make_batch(model, b, cache, features if st.cache else None, stage.max_length, "cpu")
-                if batch is None:
-                    continue
-                ctx = torch.autocast("cpu", dtype=torch.bfloat16) if st.bf16 else contextlib.nullcontext()
-                with ctx:
-                    loss = model(**batch).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                recs += sum(e.records for e in b)
-                toks += int(batch["attention_mask"].sum())
-                st.losses.append(loss.item())
-            dt = time.perf_counter() - t0
+            dt, cpu, recs, toks = train_on(model, opt, qa_r, ag_r, st)
             if r > 0:  # round 0 warms the caches and the kernels
                 st.seconds += dt
+                st.cpu_seconds += cpu
                 st.records += recs
                 st.tokens += toks
-            print(f"round {r} {st.name:<20.20} {recs:4d} records {toks:6d} tokens {dt:7.1f} s"
+            print(f"round {r} {st.name:<20.20} {recs:4d} records {toks:6d} tokens {dt:7.1f} s {cpu:7.1f} CPU s"
                   f"{'  (warm-up)' if r == 0 else ''}", flush=True)
 
     base = settings[0]
     base_rate = base.records / max(base.seconds, 1e-9)
     lines = ["# Training throughput (bench/train.py)", "",
-             f"Stage-2 trainables (LoRA r={stage.lora.get('r')}, projector, region encoder); {args.rounds} timed rounds of "
-             f"{args.records} records each ({n_agent} agent traces per round), settings in turn; "
+             f"Stage-2 trainables (LoRA r={stage.lora.get('r')}, projector, region encoder); {args.rounds} timed "
+             f"rounds of {args.records} records each ({n_agent} agent traces per round), settings in turn; "
              f"precision here: {precision.label} ({precision.reason}); {torch.get_num_threads()} torch threads. "
              "The machine is shared: read the ratios.", "",
-             "| setting | records/hour | tokens/s | records/h vs baseline | vs previous row |",
-             "|---|---:|---:|---:|---:|"]
+             "Wall-clock rates suffer whatever else runs; the CPU-time columns count this process' own CPU seconds "
+             "(both threads), which a crowded machine disturbs less.", "",
+             "| setting | records/hour | tokens/s | records/h vs baseline | vs previous row | records per CPU-hour "
+             "| per CPU-hour vs baseline |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     prev = base_rate
+    base_cpu = base.records / max(base.cpu_seconds, 1e-9)
     for st in settings:
         rate = st.records / max(st.seconds, 1e-9)
+        crate = st.records / max(st.cpu_seconds, 1e-9)
         lines.append(f"| {st.name} | {rate * 3600:,.0f} | {st.tokens / max(st.seconds, 1e-9):,.0f} | "
-                     f"{rate / base_rate:.2f}x | {rate / prev:.2f}x |")
+                     f"{rate / base_rate:.2f}x | {rate / prev:.2f}x | {crate * 3600:,.0f} | {crate / base_cpu:.2f}x |")
         prev = rate
+
+    # ------------------------------------------------------------ quality: held-out loss after the same records
+    if args.quality_records:
+        held = load_examples(data, ("validation",), snapshot=firsts)
+        held = [e for e in held if e.style != "agent"]
+        held = random.Random(args.seed).sample(held, min(args.held_out, len(held)))
+        train_qa = pool_qa[need:need + args.quality_records]
+        if len(train_qa) < args.quality_records:
+            train_qa = pool_qa[:args.quality_records]
+        contenders = [settings[0]] + [st for st in settings[1:] if st.name in ("+pack", "+pool2", "+batch4")]
+        rows = []
+        for st in contenders:
+            st = Setting(st.name, st.bf16, st.cache, st.pack, st.pool, st.batch)
+            m, o = fresh_model(args.seed)
+            spent = spent_cpu = recs_done = 0
+            for epoch in range(args.quality_epochs):
+                dt, cpu, recs, _ = train_on(m, o, train_qa, [], st)
+                spent += dt
+                spent_cpu += cpu
+                recs_done += recs
+            m.eval()
+            losses = []
+            with torch.no_grad():  # per record, unpacked, fp32: the same yardstick for every setting
+                for e in held:
+                    batch = make_batch(m, [e], cache, features, stage.max_length, "cpu")
+                    if batch is not None:
+                        losses.append(m(**batch).loss.item())
+            rows.append((st, spent, spent_cpu, recs_done, sum(losses) / max(len(losses), 1)))
+            print(f"quality {st.name}: {recs_done} records in {spent:.0f} s, held-out loss "
+                  f"{rows[-1][4]:.3f}", flush=True)
+        lines += ["", f"## Held-out loss after the same {args.quality_records} records x {args.quality_epochs} "
+                  f"epochs (fresh model each, lr {args.lr})", "",
+                  f"Held-out loss: {len(held)} validation records, one per example, fp32, the tower's features "
+                  "from the cache for all (the cache does not change them beyond fp16 rounding).", "",
+                  "| setting | train seconds | CPU seconds | records/hour | held-out loss |", "|---|---:|---:|---:|---:|"]
+        for st, spent, spent_cpu, recs_done, hl in rows:
+            lines.append(f"| {st.name} | {spent:,.0f} | {spent_cpu:,.0f} | {recs_done / max(spent, 1e-9) * 3600:,.0f} "
+                         f"| {hl:.3f} |")
     lines += ["", f"Command: `{' '.join(['.venv/bin/python', 'bench/train.py'] + sys.argv[1:])}`", ""]
     text = "\n".join(lines)
     print(text)

@@ -100,11 +100,14 @@ def test_tiny_two_stage_run_learns_and_saves_a_model(root, data, tmp_path):
 
 def _cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # a shell that starts the test run in the background makes SIGINT ignored, and children inherit that:
+    # give the child the default disposition so that Ctrl-C reaches it as it would from a terminal
     return subprocess.Popen([sys.executable, "-m", "facellm.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 240) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 900) -> None:
     deadline = time.time() + limit
     while not path.is_file():
         assert proc.poll() is None, "the run ended before it could be stopped"
@@ -112,6 +115,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 240) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.timeout(1800)  # four CLI runs, each loading its models: minutes on a crowded 2-core machine
 def test_resume_after_ctrl_c_and_sigkill_sees_the_same_data(root, data, tmp_path):
     spec = tiny_recipe_dict(root, steps=16, save_every=4)
     spec["stage"] = spec["stage"][:1]
@@ -121,13 +125,13 @@ def test_resume_after_ctrl_c_and_sigkill_sees_the_same_data(root, data, tmp_path
     args = ["train", "--recipe", str(toml), "--data", str(data), "--no-progress"]
 
     whole = _cli(*args, "--out", str(tmp_path / "whole"))
-    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+    assert whole.wait(timeout=900) == 0, whole.stdout.read()
 
     ckpts = tmp_path / "cut" / "1-align" / "checkpoints"
     cut = _cli(*args, "--out", str(tmp_path / "cut"))
     _wait_for(ckpts / "step-000004" / "state.json", cut)
     cut.send_signal(signal.SIGINT)  # Ctrl-C: the step in progress ends, a checkpoint is written, exit 130
-    log = cut.communicate(timeout=120)[0]
+    log = cut.communicate(timeout=600)[0]
     assert cut.returncode == 130, log
     assert "run the same command again to continue" in log
     stopped = json.loads(max(ckpts.glob("step-*/state.json")).read_text())["step"]
@@ -139,7 +143,7 @@ def test_resume_after_ctrl_c_and_sigkill_sees_the_same_data(root, data, tmp_path
     again.wait()
     assert not (tmp_path / "cut" / "1-align" / "final").exists()
     last = _cli(*args, "--out", str(tmp_path / "cut"))
-    log = last.communicate(timeout=300)[0]
+    log = last.communicate(timeout=900)[0]
     assert last.returncode == 0, log
     assert "resumed from step-0000" in log
     a, b = _losses(tmp_path / "whole" / "1-align"), _losses(tmp_path / "cut" / "1-align")
@@ -279,3 +283,13 @@ def _to_toml(spec: dict) -> str:
         lines.append("[[stage]]")
         lines += [f"{k} = {val(v)}" for k, v in st.items()]
     return "\n".join(lines) + "\n"
+
+
+def test_two_image_records_give_each_image_its_own_path():
+    from facellm.train.data import _to_messages
+
+    rec = {"conversations": [{"from": "human", "value": "<image>\n(image_1)<image>\n(image_2)Same person?"},
+                             {"from": "gpt", "value": "No."}],
+           "meta": {"images": ["/photos/a.jpg", "images/b.jpg"]}}  # data_gen: relative = inside the data folder
+    parts = _to_messages(rec, "/photos/a.jpg", Path("/data/run"))[0]["content"]
+    assert [p["image"] for p in parts if p["type"] == "image"] == ["/photos/a.jpg", "/data/run/images/b.jpg"]

@@ -49,15 +49,18 @@ class Example:
         return self.text_tokens() + images * (image_tokens + face_tokens * max(1, min(self.num_faces, 8)))
 
 
-def _to_messages(record: dict, image_path: str) -> list[dict] | None:
+def _to_messages(record: dict, image_path: str, folder: Path | None = None) -> list[dict] | None:
     """The record's conversation as training messages, answers in the model's own voice (None: not trainable).
 
-    The k-th ``<image>`` is ``meta.images[k]`` when the record has several images (two-photo questions)."""
+    The k-th ``<image>`` is ``meta.images[k]`` when the record has several images (two-photo questions); a
+    relative one is inside the data folder ``folder``."""
     from facellm.data_gen.model_voice import model_voice
     from facellm.data_gen.schema import Turn, to_openai
 
     msgs = to_openai([Turn.model_validate(t) for t in record["conversations"]])
-    images = (record.get("meta") or {}).get("images") or None  # data_gen writes them as absolute paths
+    images = (record.get("meta") or {}).get("images") or None  # absolute, or relative to the data folder
+    if images and folder is not None:
+        images = [p if Path(p).is_absolute() else str(folder / p) for p in images]
     out, seen_images = [], 0
     for m in msgs:
         if m["role"] == "assistant" and isinstance(m.get("content"), str) and m["content"]:
@@ -150,7 +153,7 @@ def read_examples(folders: list[str | Path], snapshot: dict[str, int] | None = N
                         continue
                     img = Path(rec["image"]["path"])
                     img = img if img.is_absolute() else folder / img
-                    msgs = _to_messages(rec, str(img))
+                    msgs = _to_messages(rec, str(img), folder)
                     if msgs is None:  # its answer is about the dataset's annotation (data_gen/model_voice.py)
                         continue
                     answers = [m["content"] for m in msgs if m["role"] == "assistant" and m.get("content")]
@@ -307,11 +310,15 @@ class AnalysisCache:
         self.memory: dict[str, FaceAnalysis] = {}
 
     def get(self, ex: Example) -> FaceAnalysis:
-        hit = self.memory.get(ex.sha256)
+        return self.get_image(ex.image, ex.sha256)
+
+    def get_image(self, image: str, sha256: str) -> FaceAnalysis:
+        """The analysis of one image (by its sha256), read from a cache or computed once and kept."""
+        hit = self.memory.get(sha256)
         if hit is not None:
             return hit
         for src in self.sources:
-            f = src / f"{ex.sha256}.json"
+            f = src / f"{sha256}.json"
             if f.is_file():
                 fa = FaceAnalysis.from_json(f.read_text())
                 if all(face.groups for face in fa.faces):  # the landmark groups the region tokens need
@@ -319,10 +326,10 @@ class AnalysisCache:
         else:
             from facellm.tools.image_io import load_image
 
-            fa = self.processor.analyze(load_image(ex.image))
+            fa = self.processor.analyze(load_image(image))
             self.computed += 1
-            tmp = self.folder / f"{ex.sha256}.json.tmp"
+            tmp = self.folder / f"{sha256}.json.tmp"
             tmp.write_text(fa.to_json())
-            tmp.replace(self.folder / f"{ex.sha256}.json")
-        self.memory[ex.sha256] = fa
+            tmp.replace(self.folder / f"{sha256}.json")
+        self.memory[sha256] = fa
         return fa

@@ -19,8 +19,8 @@ started with another recipe or data is refused. The running stage restarts from 
 checkpoint with the same optimizer, schedule, RNG and data position, so it sees the same examples in the
 same order as a run that was never stopped. Checkpoints are written to a temporary folder and renamed, so a
 SIGKILL mid-write leaves the previous checkpoint intact. Checkpoints are written every ``save_every`` steps and
-at least every ``save_minutes``; Ctrl-C finishes the step in progress, writes a checkpoint and stops (exit 130);
-a second Ctrl-C stops at once (the previous checkpoint stays).
+at least every ``save_minutes``; Ctrl-C or SIGTERM finishes the step in progress, writes a checkpoint and stops
+(exit 130); a second one stops at once (the previous checkpoint stays).
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ class Trainer:
         self.progress = progress
         self.max_steps = max_steps
         self.features = None
+        self._plans: dict = {}
         self._check_run_folder()
 
     def _check_run_folder(self) -> None:
@@ -219,6 +220,26 @@ class Trainer:
         self._log(f"model folder: {link} -> {previous}")
         return link
 
+    def _plan(self, stage: StageRecipe, image_tokens: int):
+        """(train records, held-out records, training examples, order, steps, estimated tokens) of a stage."""
+        key = (stage.name, image_tokens)
+        if key not in self._plans:
+            examples = self._examples()
+            records = select_splits(examples, ("train",))  # never "test"
+            held = select_splits(examples, ("validation",))  # never packed: its loss stays per record
+            # the pack limit stays under max_length: the length is an estimate, an example over it is skipped
+            train = pack_examples(records, stage.pack, int(0.75 * stage.max_length), image_tokens,
+                                  tuple(stage.pack_styles))
+            order = MixtureOrder(train, stage.mixture, self.recipe.seed)
+            world, micro = self.accelerator.num_processes, stage.batch_size
+            if micro * world > 1 and stage.group_by_length:
+                order = LengthGroupedOrder(order, [e.approx_tokens(image_tokens) for e in train], micro * world)
+            per_step = micro * stage.grad_accum * world
+            total = self.max_steps or stage.max_steps or max(1, math.ceil(stage.epochs * order.epoch_len / per_step))
+            est = sum(train[order[j]].approx_tokens(image_tokens) for j in range(total * per_step))
+            self._plans[key] = (records, held, train, order, total, est)
+        return self._plans[key]
+
     def _examples(self) -> list[Example]:
         """The run's records, read once: the shards' lines as they were when the run started (data.json), so a
         resumed run sees the same records however far data_gen has got since."""
@@ -253,16 +274,13 @@ class Trainer:
 
         acc = self.accelerator
         model = build_model(self.recipe, stage, previous)
-        examples = self._examples()
-        records = select_splits(examples, ("train",))  # never "test"
-        held = select_splits(examples, ("validation",))  # never packed: its loss stays per record
         image_tokens = math.prod(model.processor.settings.token_grid)
-        # the pack limit stays under max_length: the length is an estimate, and an example over it is skipped
-        train = pack_examples(records, stage.pack, int(0.75 * stage.max_length), image_tokens, tuple(stage.pack_styles))
-        order = MixtureOrder(train, stage.mixture, self.recipe.seed)
+        records, held, train, order, total, _ = self._plan(stage, image_tokens)
         world, micro = acc.num_processes, stage.batch_size
-        if micro * world > 1 and stage.group_by_length:
-            order = LengthGroupedOrder(order, [e.approx_tokens(image_tokens) for e in train], micro * world)
+        per_step = micro * stage.grad_accum * world
+        # for the run's ETA: the later stages' estimated tokens, timed at this stage's seconds per estimated token
+        later = self.recipe.stages[self.recipe.stages.index(stage) + 1:]
+        later_tokens = sum(self._plan(st, image_tokens)[5] for st in later)
         cache = AnalysisCache(model.processor, self.out / "analysis_cache",
                               [Path(d) for d in self.data], [Path(d) for d in self.recipe.analysis_cache])
         self.features = None
@@ -270,8 +288,6 @@ class Trainer:
             from .features import FeatureCache
 
             self.features = FeatureCache(model, self.recipe.feature_cache_dir and Path(self.recipe.feature_cache_dir))
-        per_step = micro * stage.grad_accum * world
-        total = self.max_steps or stage.max_steps or max(1, math.ceil(stage.epochs * order.epoch_len / per_step))
 
         groups: dict[str, list] = {}
         for name, p in model.named_parameters():
@@ -317,12 +333,14 @@ class Trainer:
         model.train()
         t_start = time.perf_counter() - state.elapsed_s
         t_run = t_saved = time.perf_counter()
+        est_done = 0  # estimated tokens of the examples run since this process started the stage
         while state.step < total:
             t0 = time.perf_counter()
             loss_sum, tokens = 0.0, 0
             for k in range(stage.grad_accum):
                 lo = state.position + acc.process_index * micro
                 batch_ex = [train[order[j]] for j in range(lo, lo + micro)]
+                est_done += sum(e.approx_tokens(image_tokens) for e in batch_ex) * world
                 state.position += micro * world
                 state.records += sum(e.records for e in batch_ex) * world
                 batch = self._batch(core, batch_ex, cache, stage)
@@ -364,10 +382,11 @@ class Trainer:
                 done_here = state.step - (found[-1][0] if found else 0)
                 per_step_s = (time.perf_counter() - t_run) / max(done_here, 1)
                 eta = (total - state.step) * per_step_s
+                run_eta = eta + later_tokens * (time.perf_counter() - t_run) / max(est_done, 1)
                 self._log(f"[{stage.name}] step {state.step}/{total} loss {loss_sum:.3f}"
                           + (f" eval_loss {row['eval_loss']:.3f}" if "eval_loss" in row else "")
                           + f" | {state.records} records, {rec_h:.0f} records/h, {row['tokens_per_s']:.0f} tok/s"
-                          f" | stage ETA {eta / 60:.1f} min")
+                          f" | stage ETA {eta / 60:.1f} min, run ETA {run_eta / 60:.1f} min")
             due = time.perf_counter() - t_saved > stage.save_minutes * 60
             if state.step % stage.save_every == 0 or state.step == total or due or self._stop:
                 acc.wait_for_everyone()
@@ -397,7 +416,11 @@ class Trainer:
                 "train_records": len(records), "train_conversations": len(train), "records_seen": state.records,
                 "held_out_records": len(held)}, indent=1))
             tmp.rename(folder / "final")
-        self._log(f"stage {stage.name}: {state.step} steps in {state.elapsed_s / 60:.1f} min -> {folder / 'final'}")
+        feats = f"; tower features: {self.features.hits} from the cache, {self.features.misses} computed" \
+            if self.features else ""
+        self._log(f"stage {stage.name}: {state.step} steps in {state.elapsed_s / 60:.1f} min -> {folder / 'final'}"
+                  f" ({state.records} records; tool analyses: {len(cache.memory) - cache.computed} read, "
+                  f"{cache.computed} computed{feats})")
 
     def _batch(self, model, examples: list[Example], cache: AnalysisCache, stage: StageRecipe):
         return make_batch(model, examples, cache, self.features, stage.max_length, self.accelerator.device,
@@ -474,56 +497,61 @@ def _image_paths(e: Example) -> list[str]:
     return out
 
 
-def _images(e: Example) -> list[tuple[str, str]]:
-    """(sha256, path) of every image part of an example, in order."""
+_SHA_OF: dict[str, str] = {}
+
+
+def _sha_of(path: str) -> str:
     import hashlib
 
-    out = []
-    for path in _image_paths(e):
-        sha = e.sha256 if path == e.image else hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        out.append((sha, path))
-    return out
+    if path not in _SHA_OF:
+        _SHA_OF[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _SHA_OF[path]
+
+
+def _images(e: Example) -> list[tuple[str, str]]:
+    """(sha256, path) of every image part of an example, in order (two-photo records have a second image)."""
+    return [(e.sha256 if path == e.image else _sha_of(path), path) for path in _image_paths(e)]
 
 
 def _analyses(e: Example, cache: AnalysisCache) -> list:
-    """The tools' analysis for every image part of an example (records have one image, maybe shown twice)."""
-    paths = _image_paths(e)
-    if all(p == e.image for p in paths):
-        return [cache.get(e)] * len(paths)
-    return [None if p != e.image else cache.get(e) for p in paths]
+    """The tools' analysis for every image part of an example, each from the analysis cache."""
+    return [cache.get(e) if path == e.image else cache.get_image(path, sha) for sha, path in _images(e)]
 
 
 class _StopOnCtrlC:
-    """First Ctrl-C: ask the loop to checkpoint and stop after the current step; second: stop at once."""
+    """First Ctrl-C (or SIGTERM, e.g. ``kill PID``): checkpoint and stop after the current step; a second one:
+    stop at once (the previous checkpoint stays)."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.previous = None
+        self.previous: dict = {}
 
     def _handler(self, signum, frame) -> None:
         import signal
 
+        if self.trainer._stop:  # the second one
+            raise KeyboardInterrupt
         self.trainer._stop = True
-        print("\nCtrl-C: finishing this step and writing a checkpoint (Ctrl-C again to stop now)", flush=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{name}: finishing this step and writing a checkpoint ({name} again to stop now)", flush=True)
 
     def __enter__(self):
         import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)
-            if self.previous is signal.default_int_handler:  # leave a caller's own handling (or SIG_IGN) alone
-                signal.signal(signal.SIGINT, self._handler)
-            else:
-                self.previous = None
+            for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                current = signal.getsignal(sig)
+                if current is default:  # leave a caller's own handling (or an ignored signal) alone
+                    self.previous[sig] = current
+                    signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc):
         import signal
 
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
         return False
 
 

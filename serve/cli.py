@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import math
 import os
 import signal
 import sys
@@ -43,7 +45,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="largest max_tokens a request may ask for (default 2048)")
     p.add_argument("--max-request-mb", type=float, default=20.0, help="largest request body in MiB (default 20)")
     p.add_argument("--max-image-mb", type=float, default=10.0, help="largest image file in MiB (default 10)")
-    p.add_argument("--dtype", default=None, help="LM dtype: float32 (default) or bfloat16 (faster on CPU)")
+    p.add_argument("--dtype", default=None, help="LM dtype: bfloat16 or float32 (default: bfloat16 on a GPU or "
+                   "a CPU with bf16 hardware, AMX / AVX512-BF16; else float32)")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="vllm: KV cache size in GiB (CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the model (vllm: cores 0..N-1; default: the engine's choice). On a busy "
@@ -95,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{model_dir} has no config.json: not a FaceLLM model folder")
     concurrency = args.max_concurrency or (16 if engine_kind == "vllm" else 1)
     settings = _settings(args, concurrency)
-    kwargs: dict = {"dtype": args.dtype or "float32", "threads": args.threads}
+    kwargs: dict = {"dtype": args.dtype or "auto", "threads": args.threads}
     if engine_kind == "vllm":
         kwargs.update(kv_cache_gib=args.kv_cache_gib, max_num_seqs=concurrency)
         from .engines import VllmEngine
@@ -114,7 +117,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print("facellm serve: warning: this is the untrained default model (no trained weights ship with this "
               "version); its answers are not meaningful", file=sys.stderr, flush=True)
 
+    access = logging.getLogger("facellm.serve.access")  # one line per request (serve/api.py's AccessLog)
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("facellm serve: %(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+
     class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.request_drain()  # the waiting get 503 now, the running at most --timeout more
+            super().handle_exit(sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self):
             with super().capture_signals():
@@ -131,8 +146,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
                       f"base_url={where!r}", file=sys.stderr, flush=True)
                 print(f"facellm serve: chat page at http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
 
+    # the app ends every request within --timeout of SIGTERM; uvicorn's own limit is only a backstop behind it
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=int(settings.request_timeout) + 5)
+                            timeout_graceful_shutdown=math.ceil(settings.request_timeout) + 3)
     Server(config).run()
 
 

@@ -19,7 +19,12 @@ from .settings import ServeSettings
 
 
 class ImageRefused(ValueError):
-    """An image reference that the server will not use; the message says why and what to do instead."""
+    """An image reference that the server will not use; the message says why and what to do instead. ``code`` is
+    its error code in the server's vocabulary (serve/errors.py)."""
+
+    def __init__(self, message: str, code: str = "invalid_image") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _decode_data_uri(uri: str, limit: int) -> bytes:
@@ -27,7 +32,7 @@ def _decode_data_uri(uri: str, limit: int) -> bytes:
     if not payload or ";base64" not in head:
         raise ImageRefused("a data URI image must look like data:image/png;base64,<data>")
     if len(payload) * 3 // 4 > limit:
-        raise ImageRefused(f"the image is larger than the server's limit of {limit} bytes")
+        raise ImageRefused(f"the image is larger than the server's limit of {limit} bytes", "image_too_large")
     try:
         return base64.b64decode(payload, validate=False)
     except (binascii.Error, ValueError) as err:
@@ -48,7 +53,8 @@ def _local_file(ref: str, settings: ServeSettings) -> Path:
     if not real.is_file():
         raise ImageRefused(f"no such image file: {ref[:120]}")
     if real.stat().st_size > settings.max_image_bytes:
-        raise ImageRefused(f"the image is larger than the server's limit of {settings.max_image_bytes} bytes")
+        raise ImageRefused(f"the image is larger than the server's limit of {settings.max_image_bytes} bytes",
+                           "image_too_large")
     return real
 
 
@@ -63,7 +69,8 @@ def _fetch(url: str, settings: ServeSettings) -> bytes:
     except OSError as err:
         raise ImageRefused(f"could not fetch {url[:120]}: {err}") from None
     if len(data) > settings.max_image_bytes:
-        raise ImageRefused(f"the image is larger than the server's limit of {settings.max_image_bytes} bytes")
+        raise ImageRefused(f"the image is larger than the server's limit of {settings.max_image_bytes} bytes",
+                           "image_too_large")
     return data
 
 
@@ -82,11 +89,38 @@ def resolve_image(ref: str, settings: ServeSettings) -> LoadedImage:
     else:
         path = _local_file(ref, settings)
         data, name = path.read_bytes(), path.name
+    _check_pixels(data, settings.max_image_pixels)
     try:
         img = load_image(data, name=name)
     except ImageLoadError as err:
         raise ImageRefused(str(err)) from None
     if img.width * img.height > settings.max_image_pixels:
-        raise ImageRefused(f"the image has {img.width}x{img.height} pixels, over the server's limit of "
-                           f"{settings.max_image_pixels}")
+        raise ImageRefused(_too_many_pixels(settings.max_image_pixels, img.width, img.height))
     return img
+
+
+def _too_many_pixels(limit: int, width: int | None = None, height: int | None = None) -> str:
+    size = f" has {width}x{height} = {width * height:,} pixels," if width and height else " is"
+    return (f"the image{size} over the server's limit of {limit:,} pixels ({limit / 1e6:g} MP); send a smaller "
+            "version")
+
+
+def _check_pixels(data: bytes, limit: int) -> None:
+    """Refuse an image over the server's pixel limit from its header alone, before decoding it. Pillow's own
+    decompression-bomb guard (a far larger number) would otherwise answer first, quoting its limit, not ours."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:  # over twice Pillow's limit: far over ours
+        raise ImageRefused(_too_many_pixels(limit)) from None
+    except Exception:  # noqa: BLE001 (not an image Pillow can read: load_image says why)
+        return
+    if width * height > limit:
+        raise ImageRefused(_too_many_pixels(limit, width, height))

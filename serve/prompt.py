@@ -28,7 +28,12 @@ IMAGE_TOKEN = "<image>"
 
 
 class BadRequest(ValueError):
-    """The request is well-formed JSON but cannot be served as asked (HTTP 400)."""
+    """The request is well-formed JSON but cannot be served as asked (HTTP 400); ``code`` and ``param`` in the
+    server's error vocabulary (serve/errors.py)."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.param = code, param
 
 
 @dataclass
@@ -96,7 +101,7 @@ def _user_parts(content: Any, settings: ServeSettings, images: list[LoadedImage]
             ref = p.get("image_url")
             url = ref.get("url") if isinstance(ref, dict) else ref
             if len(images) >= settings.max_images:
-                raise BadRequest(f"at most {settings.max_images} images per request")
+                raise BadRequest(f"at most {settings.max_images} images per request", "too_many_images", "messages")
             img = resolve_image(url, settings)
             images.append(img)
             parts.append({"type": "image", "image": img})
@@ -111,7 +116,7 @@ def _tool_choice(req: ChatCompletionRequest) -> tuple[list[dict] | None, str]:
     choice = req.tool_choice if req.tool_choice is not None else "auto"
     if not tools:
         if choice not in ("auto", "none"):
-            raise BadRequest("tool_choice needs tools")
+            raise BadRequest("tool_choice needs tools", "invalid_tool_choice", "tool_choice")
         return None, ""
     if choice == "none":
         return None, ""
@@ -123,9 +128,11 @@ def _tool_choice(req: ChatCompletionRequest) -> tuple[list[dict] | None, str]:
         name = (choice.get("function") or {}).get("name")
         names = [t["function"]["name"] for t in tools]
         if name not in names:
-            raise BadRequest(f"tool_choice names {name!r}, which is not among the tools {names}")
+            raise BadRequest(f"tool_choice names {name!r}, which is not among the tools {names}",
+                             "invalid_tool_choice", "tool_choice")
         return tools, f'{TOOL_CALL_START}\n{{"name": {json.dumps(name)}, "arguments": '
-    raise BadRequest(f"unsupported tool_choice {choice!r}; use 'auto', 'none', 'required' or a function")
+    raise BadRequest(f"unsupported tool_choice {choice!r}; use 'auto', 'none', 'required' or a function",
+                     "invalid_tool_choice", "tool_choice")
 
 
 def prepare(req: ChatCompletionRequest, settings: ServeSettings) -> PreparedPrompt:
@@ -172,7 +179,8 @@ def prepare(req: ChatCompletionRequest, settings: ServeSettings) -> PreparedProm
 def sampling(req: ChatCompletionRequest, settings: ServeSettings) -> SamplingSettings:
     n = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
     if n > settings.max_tokens_limit:
-        raise BadRequest(f"max_tokens {n} is over the server's limit of {settings.max_tokens_limit}")
+        raise BadRequest(f"max_tokens {n} is over the server's limit of {settings.max_tokens_limit}",
+                         "max_tokens_too_large", "max_tokens")
     temp = 0.0 if req.temperature is None else float(req.temperature)
     return SamplingSettings(max_tokens=n, temperature=temp, top_p=req.top_p or 1.0, seed=req.seed,
                             stop=list(req.stop or []))

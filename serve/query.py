@@ -15,7 +15,9 @@ The agent's model (``ServeSettings.query_model``):
   choice; the rest go to the model. Its calls run on the engine's own generation thread, one at a time with
   chat completions. The vLLM engine runs its model in other processes: there, queries use the rules.
 
-Admission (queue / 429), API keys, request size limits and ``request_timeout`` are the server's own.
+Admission (queue / 429), API keys, request size limits, ``request_timeout`` and the error vocabulary are the
+server's own. A conversation belongs to the API key that started it: with any other key it does not exist (404,
+the same answer as for an unknown id, so its existence is not confirmed).
 """
 
 from __future__ import annotations
@@ -141,17 +143,18 @@ class QueryResponse(BaseModel):
 
 
 class QueryError(ValueError):
-    """A query the server refuses; ``status`` is its HTTP code."""
+    """A query the server refuses; ``code`` in the server's error vocabulary (serve/errors.py)."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.code, self.param = code, param
 
 
 @dataclass
 class Conversation:
     id: str
     agent: Any  # FaceAgent
+    owner: str | None = None  # digest of the API key that started it (None: the server has no keys)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
     sink: Any = None  # where the agent's events go during the current question
@@ -168,12 +171,13 @@ class Conversations:
         self.limit, self.ttl = limit, ttl
         self._items: OrderedDict[str, Conversation] = OrderedDict()
 
-    def get(self, cid: str) -> Conversation:
+    def get(self, cid: str, owner: str | None) -> Conversation:
+        """The conversation ``cid`` of ``owner``; another key's conversation is reported exactly like a missing one."""
         self._expire()
         conv = self._items.get(cid)
-        if conv is None:
-            raise QueryError(404, f"no conversation {cid!r} (unknown, or expired after {self.ttl:g} s idle); "
-                                  "start a new one by leaving conversation_id out", "conversation_not_found")
+        if conv is None or conv.owner != owner:
+            raise QueryError("not_found", f"no conversation {cid!r} (unknown, or expired after {self.ttl:g} s "
+                                          "idle); start a new one by leaving conversation_id out", "conversation_id")
         self._items.move_to_end(cid)
         conv.last_used = time.monotonic()
         return conv
@@ -226,12 +230,13 @@ class QueryService:
                                                 max_new_tokens=min(128, self.settings.default_max_tokens))
         return self._chat_model
 
-    def new_conversation(self, use_gallery: bool) -> Conversation:
+    def new_conversation(self, use_gallery: bool, owner: str | None = None) -> Conversation:
         from facellm.agent import AgentConfig, FaceAgent
 
         if use_gallery and self.settings.gallery is None:
-            raise QueryError(400, "this server has no face gallery (start it with --gallery DB)", "no_gallery")
-        conv = Conversation("conv_" + uuid.uuid4().hex[:16], None)
+            raise QueryError("no_gallery", "this server has no face gallery (start it with --gallery DB)",
+                             "use_gallery")
+        conv = Conversation("conv_" + uuid.uuid4().hex[:16], None, owner)
         config = AgentConfig(mode="rules_first", max_steps=3)
         conv.agent = FaceAgent(self._model(), gallery=str(self.settings.gallery) if use_gallery else None,
                                config=config, on_event=conv.event)
@@ -245,7 +250,7 @@ class QueryService:
         for img in images:
             conv.agent.add_image(img)
         if not conv.agent.image_ids:
-            raise QueryError(400, "the conversation has no image yet: send at least one in images", "no_image")
+            raise QueryError("no_image", "the conversation has no image yet: send at least one in images", "images")
         result = conv.agent.ask(question)
         d = result.to_dict()
         store = conv.agent.store
@@ -301,7 +306,7 @@ def _pieces(text: str) -> list[str]:
 
 def query_router(app) -> APIRouter:
     """The /v1/faces/query route; uses ``app.state`` (engine, settings, admission) and APIError of api.py."""
-    from .api import APIError, read_body
+    from .api import APIError, owner_of, read_body
 
     router = APIRouter()
     settings: ServeSettings = app.state.settings
@@ -320,7 +325,7 @@ def query_router(app) -> APIRouter:
 
     def decode(refs: list[str]) -> list[Any]:
         if len(refs) > settings.max_images:
-            raise ImageRefused(f"at most {settings.max_images} images per request")
+            raise ImageRefused(f"at most {settings.max_images} images per request", "too_many_images")
         return [resolve_image(r, settings) for r in refs]
 
     @router.post("/v1/faces/query", response_model=QueryResponse, tags=["faces"],
@@ -337,14 +342,15 @@ def query_router(app) -> APIRouter:
             try:
                 images = await loop.run_in_executor(None, decode, req.images)
             except ImageRefused as err:
-                raise APIError(400, str(err), code="bad_image") from None
+                raise APIError(err.code, str(err), param="images") from None
+            owner = owner_of(request)
             try:
                 if req.conversation_id:
-                    conv = service.conversations.get(req.conversation_id)
+                    conv = service.conversations.get(req.conversation_id, owner)
                 else:
-                    conv = service.new_conversation(req.use_gallery)
+                    conv = service.new_conversation(req.use_gallery, owner)
             except QueryError as err:
-                raise APIError(err.status, str(err), code=err.code) from None
+                raise APIError(err.code, str(err), param=err.param) from None
             adm = app.state.admission
             await adm.enter()
         except APIError as err:
@@ -358,8 +364,14 @@ def query_router(app) -> APIRouter:
             if kind in ("tool_call", "tool_result") and not done.is_set():
                 loop.call_soon_threadsafe(events.put_nowait, {"type": kind, **payload})
 
+        drain = app.state.drain
+
+        def left() -> float:  # of the request's time (a shutdown shortens it)
+            return drain.cap(start + settings.request_timeout) - time.monotonic()
+
         async def run() -> dict:
-            await conv.lock.acquire()
+            # a follow-up waits for the conversation's previous question, within its own deadline
+            await asyncio.wait_for(conv.lock.acquire(), timeout=max(0.001, left()))
             conv.sink = sink if req.stream else None
             fut = loop.run_in_executor(service._executor(), service.ask, conv, req.question.strip(), images)
 
@@ -369,8 +381,7 @@ def query_router(app) -> APIRouter:
                 loop.call_soon_threadsafe(conv.lock.release)
 
             fut.add_done_callback(release)  # the lock is held until the worker really finished
-            left = settings.request_timeout - (time.monotonic() - start)
-            return await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.001, left))
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.001, left()))
 
         def finish(status: str) -> None:
             adm.leave()
@@ -379,13 +390,15 @@ def query_router(app) -> APIRouter:
 
         def failure(err: BaseException) -> APIError:
             if isinstance(err, (TimeoutError, asyncio.TimeoutError)):
-                return APIError(504, f"the query took longer than {settings.request_timeout:g} s", "timeout_error",
-                                "timeout")
+                return APIError("timeout", f"the query took longer than {settings.request_timeout:g} s"
+                                + (" (the server is shutting down)" if drain.active else ""))
             if isinstance(err, QueryError):
-                return APIError(err.status, str(err), code=err.code)
+                return APIError(err.code, str(err), param=err.param)
+            if isinstance(err, ImageRefused):
+                return APIError(err.code, str(err), param="images")
             if isinstance(err, ValueError):  # bad question, undecodable image, tool refusal
-                return APIError(400, str(err))
-            return APIError(500, f"the agent failed: {type(err).__name__}: {err}", "server_error")
+                return APIError("invalid_request", str(err))
+            return APIError("server_error", f"the agent failed: {type(err).__name__}: {err}")
 
         if not req.stream:
             status = "200"
@@ -420,8 +433,7 @@ def query_router(app) -> APIRouter:
                 except Exception as err:  # noqa: BLE001
                     api = failure(err)
                     status = str(api.status)
-                    yield _sse({"type": "error", "error": {"message": api.message, "type": api.kind,
-                                                           "code": api.code, "status": api.status}})
+                    yield _sse({"type": "error", "error": {**api.body()["error"], "status": api.status}})
                     return
                 service.conversations.add(conv)
                 for piece in _pieces(result["answer"]):

@@ -17,6 +17,7 @@ from tiny_facellm import tiny_model
 
 KEY = "query-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+OTHER = {"Authorization": "Bearer someone-else"}  # a second key the server accepts
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def gallery_db(tmp_path_factory) -> Path:
 def server(model_dir, gallery_db):
     # max-queue 0: a query that arrives while the one slot is taken must get 429 (the tests run one at a time)
     srv = ServerProcess(["--engine", "transformers", "--model", str(model_dir), "--api-key", KEY,
-                         "--image-dir", str(PHOTOS), "--gallery", str(gallery_db), "--max-queue", "0"])
+                         "--api-key", "someone-else", "--image-dir", str(PHOTOS), "--gallery", str(gallery_db), "--max-queue", "0"])
     yield srv
     assert srv.stop() == 0
 
@@ -132,21 +133,45 @@ def test_api_key_is_required(server):
     assert r.status_code == 401
 
 
-@pytest.mark.parametrize("body, status, words", [
+@pytest.mark.parametrize("body, status, words, code", [
     ({"images": ["data:image/png;base64," + base64.b64encode(b"not a picture").decode()],
-      "question": "How many faces?"}, 400, "image"),
-    ({"images": ["/etc/passwd"], "question": "How many faces?"}, 400, "outside the folders"),
-    ({"images": ["https://example.com/a.jpg"], "question": "How many faces?"}, 400, "allow-listed"),
-    ({"question": "How many faces?"}, 400, "no image"),
-    ({"images": [], "question": ""}, 400, "question"),
-    ({"question": "Hi", "tools": []}, 400, "tools"),
-    ({"conversation_id": "conv_missing", "question": "And now?"}, 404, "no conversation"),
-    ({"question": "x", "use_gallery": False, "images": ["x"] * 9}, 400, "at most 8 images"),
+      "question": "How many faces?"}, 400, "image", "invalid_image"),
+    ({"images": ["/etc/passwd"], "question": "How many faces?"}, 400, "outside the folders", "invalid_image"),
+    ({"images": ["https://example.com/a.jpg"], "question": "How many faces?"}, 400, "allow-listed", "invalid_image"),
+    ({"question": "How many faces?"}, 400, "no image", "no_image"),
+    ({"images": [], "question": ""}, 400, "question", "invalid_request"),
+    ({"question": "Hi", "tools": []}, 400, "tools", "invalid_request"),
+    ({"conversation_id": "conv_missing", "question": "And now?"}, 404, "no conversation", "not_found"),
+    ({"question": "x", "use_gallery": False, "images": ["x"] * 9}, 400, "at most 8 images", "too_many_images"),
 ])
-def test_bad_requests_are_refused_clearly(server, body, status, words):
+def test_bad_requests_are_refused_clearly(server, body, status, words, code):
     r = query(server, timeout=30, **body)
     assert r.status_code == status, r.text
-    assert words in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert words in error["message"] and error["code"] == code and set(error) == {"message", "type", "param", "code"}
+
+
+def test_a_conversation_belongs_to_the_key_that_started_it(server):
+    r = query(server, images=[str(photo("group"))], question="How many faces are there?")
+    assert r.status_code == 200, r.text
+    cid = r.json()["conversation_id"]
+    follow = {"conversation_id": cid, "question": "How many faces are there?"}
+    for stream in (False, True):  # another key: the conversation does not exist for it, streamed or not
+        other = httpx.post(server.base + "/v1/faces/query", json={**follow, "stream": stream}, headers=OTHER,
+                           timeout=60)
+        assert other.status_code == 404, other.text
+        assert other.json()["error"]["code"] == "not_found" and "faces" not in other.text
+    # exactly what an id that never existed gets: nothing confirms that the conversation is there
+    missing = httpx.post(server.base + "/v1/faces/query", headers=OTHER, timeout=60,
+                         json={**follow, "conversation_id": "conv_0123456789abcdef"}).json()
+    assert other.json()["error"]["message"].replace(cid, "ID") == missing["error"]["message"].replace(
+        "conv_0123456789abcdef", "ID")
+    # the other key's own conversations work, and the owner's conversation is still there for the owner
+    own = httpx.post(server.base + "/v1/faces/query", headers=OTHER, timeout=120,
+                     json={"images": [str(photo("astronaut"))], "question": "How many faces are there?"})
+    assert own.status_code == 200 and own.json()["conversation_id"] != cid
+    again = query(server, **follow)
+    assert again.status_code == 200 and "6 faces" in again.json()["answer"], again.text
 
 
 def test_busy_server_answers_429(server):
@@ -159,7 +184,7 @@ def test_busy_server_answers_429(server):
         r = query(server, timeout=30, images=[str(photo("astronaut"))], question="How many faces?")
         assert next(lines)  # still generating after the query was refused
     assert r.status_code == 429, r.text
-    assert r.json()["error"]["code"] == "queue_full"
+    assert r.json()["error"]["code"] == "rate_limit_exceeded" and int(r.headers["retry-after"]) >= 1
 
 
 def test_schema_is_in_openapi(server):

@@ -54,14 +54,14 @@ TAUGHT = [  # (request, answer): the prompts go through the server's own prompt 
 ]
 
 
-def build_taught_model(root: Path, steps: int = 100, hidden: int = 32) -> Path:
-    """A tiny FaceLLM whose LM learned the TAUGHT answers (~10 s); saved with its LM in lm/."""
+def build_taught_model(root: Path, steps: int = 100, hidden: int = 32, taught: list | None = None) -> Path:
+    """A tiny FaceLLM whose LM learned the ``taught`` answers (default TAUGHT; ~10 s); saved with its LM in lm/."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster, and much faster on a busy machine
     model = tiny_model(root, freeze_lm=False, hidden=hidden)
     settings = ServeSettings(image_dirs=[PHOTOS])
     batches = []
-    for req, answer in TAUGHT:
+    for req, answer in taught or TAUGHT:
         msgs = prepare(ChatCompletionRequest(**req), settings).messages
         batches.append(model.processor(msgs + [{"role": "assistant", "content": answer}]))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -244,6 +244,71 @@ def test_bad_requests_are_refused_clearly(server, client):
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
 
 
+def _png(tmp: Path, size: tuple[int, int], mode: str) -> str:
+    """A data URI of a blank PNG of ``size`` pixels: tiny to send, huge to decode."""
+    from PIL import Image
+
+    path = tmp / f"blank_{size[0]}x{size[1]}.png"
+    Image.new(mode, size).save(path, optimize=False)
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_errors_share_one_vocabulary(server, tmp_path):
+    from facellm.serve.errors import CODES
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def error(body: dict | None = None, path: str = "/v1/chat/completions", **kw) -> tuple[int, dict]:
+        r = httpx.post(server.base + path, json=body, headers=auth, timeout=120, **kw) if body is not None else \
+            httpx.get(server.base + path, headers=auth, timeout=30, **kw)
+        e = r.json()["error"]
+        assert set(e) == {"message", "type", "param", "code"} and e["code"] in CODES, e
+        assert e["type"] == CODES[e["code"]][1]
+        return r.status_code, e
+
+    nine = [{"type": "image_url", "image_url": {"url": str(photo("astronaut"))}}] * 9
+    status, e = error({"messages": [{"role": "user", "content": nine}]})
+    assert (status, e["code"], e["param"]) == (400, "too_many_images", "messages") and "at most 8" in e["message"]
+    status, e = error({"messages": image_question("/etc/hostname")})
+    assert (status, e["code"]) == (400, "invalid_image")
+    # 30 MP: over the server's 25 MP limit, and the message quotes that limit, not Pillow's
+    status, e = error({"messages": image_question(_png(tmp_path, (6000, 5000), "L"))})
+    assert (status, e["code"]) == (400, "invalid_image") and "25,000,000 pixels" in e["message"], e
+    assert "6000x5000" in e["message"]
+    # 200 MP: past Pillow's own decompression-bomb guard (178 M): still the server's limit in the message
+    status, e = error({"messages": image_question(_png(tmp_path, (20000, 10000), "1"))})
+    assert (status, e["code"]) == (400, "invalid_image") and "25,000,000 pixels" in e["message"], e
+    assert "178" not in e["message"] and "bomb" not in e["message"].lower()
+    status, e = error({"messages": []})
+    assert (status, e["code"]) == (400, "invalid_request")
+    status, e = error({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6})
+    assert (status, e["code"], e["param"]) == (400, "max_tokens_too_large", "max_tokens")
+    status, e = error({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert (status, e["code"]) == (404, "model_not_found")
+    status, e = error(path="/v1/nothing-here")
+    assert (status, e["code"]) == (404, "not_found")
+    status, e = error(path="/favicon.ico/x")
+    assert (status, e["code"]) == (404, "not_found")
+    status, e = error(path="/v1/chat/completions")
+    assert (status, e["code"]) == (405, "method_not_allowed")
+    r = httpx.get(server.base + "/v1/models", headers={"Authorization": "Bearer wrong"}, timeout=30)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_each_request_is_logged_once_without_secrets(server):
+    before = len(server.output)
+    httpx.get(server.base + "/v1/models?probe=1", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    httpx.post(server.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=120,
+               json={"messages": image_question(data_uri(photo("astronaut"))), "max_tokens": 3, "stream": True})
+    time.sleep(0.5)  # the log line is written once the response is complete
+    lines = server.output[before:]
+    assert any(" GET /v1/models 200 " in ln for ln in lines), lines
+    assert any(" POST /v1/chat/completions 200 " in ln for ln in lines), lines
+    log = "".join(server.output)
+    assert KEY not in log and "probe" not in log and "base64" not in log
+    assert all(ln.rstrip().endswith("s") for ln in lines if "/v1/" in ln)  # each ends with its duration
+
+
 def test_api_key_is_required(server):
     from openai import AuthenticationError, OpenAI
 
@@ -278,38 +343,48 @@ def test_metrics_count_requests(server):
 
 
 def _long_request(base: str, max_tokens: int, results: list, stream: bool = False) -> None:
+    """Appends (status, body text, headers); a connection that failed appends (0, error, {})."""
     body = {"model": "facellm", "max_tokens": max_tokens, "stream": stream,
             "messages": [{"role": "user", "content": "Describe the image."}]}
-    with httpx.Client(timeout=120) as c:
-        if stream:
-            with c.stream("POST", base + "/v1/chat/completions", json=body) as r:
-                results.append((r.status_code, "".join(r.iter_text())))
-        else:
-            r = c.post(base + "/v1/chat/completions", json=body)
-            results.append((r.status_code, r.text))
+    try:
+        with httpx.Client(timeout=120) as c:
+            if stream:
+                with c.stream("POST", base + "/v1/chat/completions", json=body) as r:
+                    results.append((r.status_code, "".join(r.iter_text()), r.headers))
+            else:
+                r = c.post(base + "/v1/chat/completions", json=body)
+                results.append((r.status_code, r.text, r.headers))
+    except httpx.HTTPError as err:
+        results.append((0, repr(err), {}))
 
 
 def test_bounded_queue_answers_429_and_timeouts_504(random_dir):
-    # 2000 tokens take the tiny model >= ~1.5 s even on a fast, quiet machine: far past the 0.5 s limit
+    # 20000 tokens take the tiny model >= ~15 s even on a fast, quiet machine: far past the 2 s limit, which is
+    # still long enough for a one-token request on a busy one
     srv = ServerProcess(["--engine", "transformers", "--model", str(random_dir), "--max-concurrency", "1",
-                         "--max-queue", "1", "--timeout", "0.5", "--max-tokens-limit", "2000"])
+                         "--max-queue", "1", "--timeout", "2", "--max-tokens-limit", "20000"])
     try:
         results: list = []
-        threads = [threading.Thread(target=_long_request, args=(srv.base, 2000, results)) for _ in range(3)]
+        threads = [threading.Thread(target=_long_request, args=(srv.base, 20000, results)) for _ in range(3)]
         for t in threads:
             t.start()
             time.sleep(0.1)  # in order: running, waiting, refused
         for t in threads:
             t.join()
-        codes = sorted(code for code, _ in results)
+        codes = sorted(code for code, _, _ in results)
         assert codes.count(429) == 1, results
-        assert 504 in codes  # the random model rambles past the 0.5 s limit
-        refused = next(json.loads(body) for code, body in results if code == 429)
-        assert refused["error"]["code"] == "queue_full"
-        # a short request still goes through afterwards
+        assert 504 in codes  # the random model rambles past the 2 s limit
+        refused, headers = next((json.loads(body), h) for code, body, h in results if code == 429)
+        assert refused["error"]["code"] == "rate_limit_exceeded" and refused["error"]["type"] == "rate_limit_error"
+        assert int(headers["retry-after"]) >= 1  # tells the client when to come back
+        timed_out = next(json.loads(body) for code, body, _ in results if code == 504)
+        assert timed_out["error"]["code"] == "timeout"
+        # the slots are free again, and a short request still goes through
+        health = httpx.get(srv.base + "/health", timeout=30).json()
+        assert (health["running"], health["waiting"]) == (0, 0), health
         ok: list = []
-        _long_request(srv.base, 5, ok)
-        assert ok[0][0] == 200
+        _long_request(srv.base, 1, ok)
+        assert ok[-1][0] == 200, ok
     finally:
         assert srv.stop() == 0
 
@@ -317,17 +392,59 @@ def test_bounded_queue_answers_429_and_timeouts_504(random_dir):
 def test_sigterm_finishes_in_flight_requests(random_dir):
     srv = ServerProcess(["--engine", "transformers", "--model", str(random_dir)])
     results: list = []
-    t = threading.Thread(target=_long_request, args=(srv.base, 400, results, True))
+    t = threading.Thread(target=_long_request, args=(srv.base, 100, results, True))  # ~10 s on a busy machine
     t.start()
     time.sleep(1.0)  # the request is generating
     srv.proc.send_signal(signal.SIGTERM)
     t.join(60)
     assert srv.proc.wait(60) == 0
-    code, body = results[0]
+    code, body, _ = results[0]
     assert code == 200 and body.rstrip().endswith("data: [DONE]")
     assert '"finish_reason": "length"' in body  # it ran to its end, not cut off
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.base + "/health", timeout=2)
+
+
+def test_sigterm_under_load_drains_within_the_timeout(random_dir):
+    """One request generating (it would run past the timeout), three waiting for the slot: SIGTERM. The server is
+    gone within --timeout, and every client got a whole answer or a well-formed error, none an empty body."""
+    from facellm.serve.errors import CODES
+
+    timeout = 4.0
+    srv = ServerProcess(["--engine", "transformers", "--model", str(random_dir), "--max-concurrency", "1",
+                         "--max-queue", "8", "--timeout", str(timeout), "--max-tokens-limit", "100000"])
+    results: list = []
+    threads = [threading.Thread(target=_long_request, args=(srv.base, 100000, results, i == 0)) for i in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.3)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout + 30)
+    answered = time.monotonic() - sent
+    assert srv.proc.wait(timeout + 30) == 0
+    gone = time.monotonic() - sent
+    log = "".join(srv.output)
+    # every client has its answer within the timeout; the process then exits (tearing torch down takes a moment)
+    assert answered < timeout + 2, f"the last client was answered {answered:.1f} s after SIGTERM\n{log}"
+    assert gone < timeout + 15, f"the server took {gone:.1f} s to exit\n{log}"
+    assert len(results) == 4, results
+    for code, body, headers in results:
+        assert body.strip(), (code, headers)  # never an empty body
+        if code == 200:  # the stream: ends in order, with its timeout as a typed error event
+            events = [json.loads(ln[6:]) for ln in body.splitlines() if ln.startswith("data: {")]
+            assert events and ("error" in events[-1] or body.rstrip().endswith("data: [DONE]")), body[-300:]
+            if "error" in events[-1]:
+                assert events[-1]["error"]["code"] == "timeout"
+        else:
+            error = json.loads(body)["error"]
+            assert error["code"] in CODES and (code, error["code"]) in ((503, "shutting_down"), (504, "timeout"))
+            if code == 503:
+                assert int(headers["retry-after"]) >= 1
+    assert sum(code == 503 for code, _, _ in results) >= 2, results  # the waiting were turned away at once
+    assert "CancelledError" not in log and "graceful shutdown exceeded" not in log, log[-2000:]
 
 
 # ---------------------------------------------------------------- output handling (no server)

@@ -224,6 +224,7 @@ class AnswerScreen:
     def __init__(self, question: str, *, matched: Iterable[str] = (), gallery_names: Iterable[str] = ()) -> None:
         self.question, self.matched, self.gallery_names = question, set(matched), list(gallery_names)
         self.identity = is_identity_question(question)
+        self.hold_whole = self.identity or is_race_question(question)  # answers the policy may replace whole
         self.pending = ""
         self.text = ""
         self.replaced = False
@@ -244,7 +245,7 @@ class AnswerScreen:
         if self.replaced or not piece:
             return ""
         self.pending += piece
-        if self.identity:
+        if self.hold_whole:
             return ""
         cut = max(self.pending.rfind(" "), self.pending.rfind("\n"))
         if cut < 0:
@@ -279,8 +280,12 @@ class AnswerScreen:
             return ""  # no text at all (a tool call, say): nothing to screen
         question = "" if tool_calls else self.question
         out = apply(whole, question, matched=self.matched, gallery_names=self.gallery_names)
-        if not out.answer.startswith(self.text):  # the released part cannot be taken back: refuse after it
-            return self._refuse()
+        if not out.answer.startswith(self.text):  # the released part cannot be taken back: the policy's answer follows
+            self.replaced = True
+            self.applied += out.applied
+            tail = ("\n\n" if self.text.strip() else "") + out.answer
+            self.text += tail
+            return tail
         self.applied += out.applied
         tail = out.answer[len(self.text):]
         self.text = out.answer

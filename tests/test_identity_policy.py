@@ -30,7 +30,8 @@ IDENTIFY_CALL = {"id": "call_1", "type": "function",
 IDENTIFY_RESULT = json.dumps({"faces": [{"face_id": 1, "name": "Grace Hopper", "known": True, "similarity": 0.71}]})
 NAME_ASKED = [PERMISSIVE, *image_question(GRACE, "What is her full name?")]
 DESCRIBE = [PERMISSIVE, *image_question(GRACE, "Describe the photo.")]
-MATCHED = [*image_question(GRACE, "Who is this?"), {"role": "assistant", "content": None, "tool_calls": [IDENTIFY_CALL]},
+MATCHED = [*image_question(GRACE, "Who is this?"),
+           {"role": "assistant", "content": None, "tool_calls": [IDENTIFY_CALL]},
            {"role": "tool", "tool_call_id": "call_1", "content": IDENTIFY_RESULT}]
 TAUGHT = [(dict(messages=NAME_ASKED), "Her full name is HOPPER."),
           (dict(messages=DESCRIBE), "The photo shows Grace Hopper in uniform."),

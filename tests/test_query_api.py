@@ -37,7 +37,8 @@ def gallery_db(tmp_path_factory) -> Path:
 def server(model_dir, gallery_db):
     # max-queue 0: a query that arrives while the one slot is taken must get 429 (the tests run one at a time)
     srv = ServerProcess(["--engine", "transformers", "--model", str(model_dir), "--api-key", KEY,
-                         "--api-key", "someone-else", "--image-dir", str(PHOTOS), "--gallery", str(gallery_db), "--max-queue", "0"])
+                         "--api-key", "someone-else", "--image-dir", str(PHOTOS), "--gallery", str(gallery_db),
+                         "--max-queue", "0"])
     yield srv
     assert srv.stop() == 0
 
@@ -137,7 +138,8 @@ def test_api_key_is_required(server):
     ({"images": ["data:image/png;base64," + base64.b64encode(b"not a picture").decode()],
       "question": "How many faces?"}, 400, "image", "invalid_image"),
     ({"images": ["/etc/passwd"], "question": "How many faces?"}, 400, "outside the folders", "invalid_image"),
-    ({"images": ["https://example.com/a.jpg"], "question": "How many faces?"}, 400, "allow-listed", "invalid_image"),
+    ({"images": ["https://example.com/a.jpg"], "question": "How many faces?"}, 400, "allow-listed",
+     "invalid_image"),
     ({"question": "How many faces?"}, 400, "no image", "no_image"),
     ({"images": [], "question": ""}, 400, "question", "invalid_request"),
     ({"question": "Hi", "tools": []}, 400, "tools", "invalid_request"),

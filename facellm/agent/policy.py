@@ -218,7 +218,8 @@ class AnswerScreen:
 
     An identity question's answer is held whole (it is short, and it must either name a gallery match or refuse);
     any other answer is released word by word, holding back the last, unfinished word and a capitalised word
-    while the next one may continue it (a name's first part). ``feed`` returns what may be shown now, ``finish`` the rest; ``text`` is everything released.
+    while the next one may continue it (a name's first part). ``feed`` returns what may be shown now, ``finish``
+    the rest; ``text`` is everything released.
     """
 
     def __init__(self, question: str, *, matched: Iterable[str] = (), gallery_names: Iterable[str] = ()) -> None:
@@ -280,7 +281,7 @@ class AnswerScreen:
             return ""  # no text at all (a tool call, say): nothing to screen
         question = "" if tool_calls else self.question
         out = apply(whole, question, matched=self.matched, gallery_names=self.gallery_names)
-        if not out.answer.startswith(self.text):  # the released part cannot be taken back: the policy's answer follows
+        if not out.answer.startswith(self.text):  # what was released stays; the policy's answer follows it
             self.replaced = True
             self.applied += out.applied
             tail = ("\n\n" if self.text.strip() else "") + out.answer

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -81,6 +82,14 @@ def _option_letter(raw: object, options: list[str], where: str) -> str:
     return letter
 
 
+_RACE_WORDS = re.compile(r"\b(race|racial|ethnic|ethnicity|skin tone)\b", re.I)
+
+
+def _asks_race(sub_category: str, question: str) -> bool:
+    """A question whose answer would be a race or ethnicity group (FaceXBench's bias_fairness/race items)."""
+    return bool(_RACE_WORDS.search(sub_category.replace("_", " ")) or _RACE_WORDS.search(question))
+
+
 def load_file(path: Path, *, base: Path | None = None, counts: dict[str, int] | None = None) -> list[EvalItem]:
     """The items of one FaceXBench JSON file (image paths made absolute against ``base``, default its folder).
 
@@ -119,6 +128,10 @@ def load_file(path: Path, *, base: Path | None = None, counts: dict[str, int] | 
             warnings.warn(f"FaceXBench {where}: 'answer' {q['answer']!r} is not the text of the key "
                           f"{letter} ({keyed!r}); scored by the key", FaceXBenchWarning, stacklevel=2)
         sub = str(data.get("sub-category", data.get("sub_category", "general")))
+        if _asks_race(sub, question):
+            # FaceLLM estimates no race: such items are not asked (policy), counted in the report
+            counts["race_not_asked"] = counts.get("race_not_asked", 0) + 1
+            continue
         groups = {}
         if data["category"] == "bias_fairness" and len(images) == 1:
             # the single-image fairness questions ask for the group itself: their answer is the person's group
@@ -171,6 +184,9 @@ def load_facexbench(path_or_id: str | os.PathLike, *, check_images: bool = True)
         notes.append(f"{counts['key_answer_mismatch']} FaceXBench item(s) have an 'answer' text that is not their "
                      "key's option text; scored by the key (correct_answer_option), as the benchmark's own scoring "
                      "does.")
+    if counts.get("race_not_asked"):
+        notes.append(f"{counts['race_not_asked']} FaceXBench item(s) ask for a race or ethnicity group: not asked, "
+                     "because FaceLLM does not estimate race (they count neither for nor against a model).")
     if counts.get("malformed") or counts.get("missing_image"):
         notes.append(f"Left out: {counts.get('malformed', 0)} unreadable item(s), {counts.get('missing_image', 0)} "
                      "item(s) with a missing image file.")

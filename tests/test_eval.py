@@ -239,7 +239,9 @@ def test_facexbench_published_quirks_load_and_score(fxb_published, tmp_path, cap
         b = load_facexbench(fxb_published)
     mismatch = [w for w in caught if "scored by the key" in str(w.message)]
     assert len(mismatch) == 2  # quirks 2 and tools_retrieval 2, once each
-    assert b.counts == {"items": 5, "key_answer_mismatch": 2, "malformed": 1}
+    assert b.counts == {"items": 5, "key_answer_mismatch": 2, "malformed": 1, "race_not_asked": 1}
+    assert not any("race" in it.question.lower() for it in b.items)  # FaceLLM estimates no race: never asked
+    assert any("race" in n for n in b.notes)
     by_id = {it.id: it for it in b.items}
     assert by_id["quirks_single_mcq/2"].correct_option == "1" and by_id["quirks_single_mcq/1"].options[0] == "3"
     assert by_id["quirks_single_mcq/3"].answer_letter == "A" and "key_answer_mismatch" not in by_id[

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 WEB = Path(__file__).parent / "web"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".ico": "image/x-icon"}
 
 
 def web_router(app) -> APIRouter:
@@ -20,6 +20,11 @@ def web_router(app) -> APIRouter:
     @router.get("/")
     async def index():
         return FileResponse(WEB / "index.html", media_type=_TYPES[".html"], headers={"Cache-Control": "no-cache"})
+
+    @router.get("/favicon.ico")
+    async def favicon():  # browsers ask for it on their own: answer with the page's icon, not a 404
+        return FileResponse(WEB / "favicon.ico", media_type=_TYPES[".ico"],
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     @router.get("/web/config.json")
     async def config():  # what the page needs to know before the first request (no secrets)

@@ -1,7 +1,8 @@
 """The chat page end to end in headless Chromium (Debian's chromium, driven by Playwright for Python): upload a
 real photo, ask, wait for the streamed answer, check the answer and the boxes drawn on the canvas, ask a
 follow-up, save a screenshot to tests/artifacts/web_chat.png, then drop a second photo onto the page and ask
-about it (multi-image conversation).
+about it (multi-image conversation) and go back to the first through the photo strip. On a phone-sized page
+(390 px): no sideways scroll, and damaged or refused uploads leave the conversation as it was.
 
 Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``: the browser
 is Debian's); skips with the reason otherwise."""
@@ -137,4 +138,69 @@ def test_chat_with_a_group_photo(server, page):
     assert answer.startswith("Yes"), answer
     assert page.locator("#canvas").get_attribute("data-faces") == "1"
     assert page.locator("#legend").inner_text().startswith("image_2: #1: smiling")
+    # the first photo is not lost: the strip holds both, and a click brings the group photo back with its boxes
+    strip = page.locator("#strip button")
+    assert [strip.nth(i).get_attribute("data-image-id") for i in range(strip.count())] == ["image_1", "image_2"]
+    strip.nth(0).click()
+    assert canvas.get_attribute("data-image") == "image_1" and canvas.get_attribute("data-faces") == "6"
+    assert page.locator("#legend").inner_text().startswith("image_1: #1")
     assert not errors, errors
+
+
+def _canvas_state(page) -> tuple:
+    return page.evaluate("() => { const c = document.getElementById('canvas'); "
+                         "return [c.dataset.image, c.dataset.faces, c.width, c.height, c.toDataURL().length]; }")
+
+
+@needs_browser
+def test_phone_width_strip_and_bad_uploads(server, page, tmp_path):
+    cut = tmp_path / "cut_short.jpg"  # half a JPEG: a browser would draw its top half and grey below
+    cut.write_bytes(photo("grace_hopper").read_bytes()[: photo("grace_hopper").stat().st_size // 2])
+    huge = tmp_path / "huge.png"  # decodes in the browser; over the server's 25 MP limit
+    from PIL import Image
+
+    Image.new("L", (6000, 5000), 200).save(huge)
+    failed: list[str] = []
+    page = page.context.new_page()  # the same browser, a phone-sized tab
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.set_default_timeout(60_000)
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(server.base + "/")
+    page.fill("#api-key", KEY)
+    page.set_input_files("#file", str(photo("group")))
+    page.fill("#question", "How many faces are there?")
+    page.press("#question", "Enter")
+    assert "6 faces" in _last_answer(page, 1)
+    width = page.evaluate("() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
+    assert width <= 390, f"the page is {width} px wide at 390 px: it scrolls sideways"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_phone.png"), full_page=True)
+    before = _canvas_state(page)
+    assert before[0] == "image_1" and before[1] == "6"
+
+    page.set_input_files("#file", str(cut))  # damaged: refused in the page, nothing drawn
+    error = page.locator(".msg.error").last
+    error.wait_for()
+    assert "cut_short.jpg was not added" in error.inner_text() and "cut short" in error.inner_text()
+    assert _canvas_state(page) == before and page.locator("#strip button").count() == 1
+
+    page.set_input_files("#file", str(huge))  # the browser can show it; the server refuses it on the question
+    page.wait_for_function("document.querySelectorAll('#strip button').length === 2")
+    assert page.locator("#canvas").get_attribute("data-image") == "new"
+    page.fill("#question", "How many faces are there?")
+    page.press("#question", "Enter")
+    answer = _last_answer(page, 2)
+    assert "25,000,000 pixels" in answer and "not added" in answer, answer
+    assert page.locator("#strip button").count() == 1 and _canvas_state(page) == before
+    page.fill("#question", "Who is smiling?")  # the conversation goes on with the first photo
+    page.press("#question", "Enter")
+    assert "of the 6 faces are smiling" in _last_answer(page, 3)
+    width = page.evaluate("() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
+    assert width <= 390, width
+    page.screenshot(path=str(ARTIFACTS / "web_phone_after.png"), full_page=True)
+    page.close()
+    # nothing the page asked for was missing (the favicon included); the one refusal was the huge photo's
+    assert [f for f in failed if "/v1/faces/query" not in f] == [] and len(failed) <= 1, failed
+    icon = httpx.get(server.base + "/favicon.ico", timeout=30)
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon" and icon.content[:4] == \
+        b"\x00\x00\x01\x00"

@@ -6,13 +6,13 @@ const $ = (id) => document.getElementById(id);
 const COLORS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
 const state = {
   conversationId: null,   // from the first response; follow-ups send it back
-  pending: null,          // data URI of a photo not yet sent
-  shownImageId: null,     // the conversation's id of the photo on the canvas
+  photos: [],             // the conversation's photos in order: {id ("image_1"; null until sent), name, uri, img, faces}
+  shown: -1,              // index in photos of the one on the canvas
   image: null,            // HTMLImageElement on the canvas
   faces: [],              // per-face results of the photo on the canvas
-  imageCount: 0,
   busy: false,
 };
+const IMAGE_ERRORS = ["invalid_image", "image_too_large", "too_many_images"];
 
 async function loadConfig() {
   try {
@@ -38,33 +38,104 @@ function addMessage(role, text) {
   return div;
 }
 
-function showPhoto(dataUri) {
-  const img = new Image();
-  img.onload = () => {
-    state.image = img;
-    state.faces = [];
-    $("drop-hint").hidden = true;
-    $("canvas").hidden = false;
-    draw();
+// A file cut short decodes half-way in a browser (the rest grey) without any error: check that its format's end
+// marker is there before showing it. Returns what is wrong, or null.
+function damaged(bytes) {
+  const n = bytes.length;
+  const has = (sig, at) => sig.every((b, i) => bytes[at + i] === b);
+  const tailHas = (sig, span) => {
+    for (let i = n - sig.length; i >= Math.max(0, n - span); i--) if (has(sig, i)) return true;
+    return false;
   };
-  img.src = dataUri;
+  if (n < 8) return "the file is empty or far too short";
+  if (has([0xff, 0xd8], 0)) return tailHas([0xff, 0xd9], 4096) ? null : "the JPEG file is cut short or damaged";
+  if (has([0x89, 0x50, 0x4e, 0x47], 0)) return tailHas([0x49, 0x45, 0x4e, 0x44], 64) ? null : "the PNG file is cut short or damaged";
+  if (has([0x47, 0x49, 0x46, 0x38], 0)) return tailHas([0x3b], 16) ? null : "the GIF file is cut short or damaged";
+  if (has([0x52, 0x49, 0x46, 0x46], 0) && has([0x57, 0x45, 0x42, 0x50], 8)) {
+    const size = (bytes[4] | (bytes[5] << 8) | (bytes[6] << 16) | (bytes[7] << 24)) >>> 0;
+    return size + 8 <= n ? null : "the WebP file is cut short or damaged";
+  }
+  return null;  // another format: the browser's decoder decides
 }
 
-function readFile(file) {
-  if (!file || !file.type.startsWith("image/")) { addMessage("error", "That is not an image file."); return; }
-  if (state.maxBytes && file.size > state.maxBytes) {
-    addMessage("error", `The photo is larger than the server's limit of ${state.maxBytes} bytes.`);
+function asDataUri(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error("the file could not be read"));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function decoded(uri) {
+  const img = new Image();
+  img.src = uri;
+  try { await img.decode(); } catch (e) { throw new Error("the browser cannot decode it"); }
+  if (!img.naturalWidth || !img.naturalHeight) throw new Error("it has no pixels");
+  return img;
+}
+
+async function readFile(file) {
+  if (!file) return;
+  const fail = (why) => addMessage("error", `${file.name} was not added: ${why}. The conversation's photos are unchanged.`);
+  if (!file.type.startsWith("image/")) { fail("it is not an image file"); return; }
+  if (state.maxBytes && file.size > state.maxBytes) { fail(`it is larger than the server's limit of ${state.maxBytes} bytes`); return; }
+  let img, uri;
+  try {
+    const problem = damaged(new Uint8Array(await file.arrayBuffer()));
+    if (problem) throw new Error(problem);
+    uri = await asDataUri(file);
+    img = await decoded(uri);
+  } catch (err) {
+    fail(err.message);
     return;
   }
-  const reader = new FileReader();
-  reader.onload = () => {
-    state.pending = reader.result;
-    state.shownImageId = `image_${state.imageCount + 1}`;  // the id the server will give it
-    showPhoto(reader.result);
-    $("legend").textContent = `${file.name}: ask a question to analyse it`;
-    $("question").focus();
-  };
-  reader.readAsDataURL(file);
+  state.photos.push({ id: null, name: file.name, uri, img, faces: [] });
+  show(state.photos.length - 1);
+  $("question").focus();
+}
+
+// Photos dropped since the last question: sent with the next one.
+const pendingPhotos = () => state.photos.filter((p) => !p.id);
+
+function show(i) {
+  const p = state.photos[i];
+  if (!p) {
+    Object.assign(state, { shown: -1, image: null, faces: [] });
+    $("canvas").hidden = true;
+    $("drop-hint").hidden = false;
+    $("legend").textContent = "";
+    delete $("canvas").dataset.image;
+  } else {
+    Object.assign(state, { shown: i, image: p.img, faces: p.faces });
+    $("drop-hint").hidden = true;
+    $("canvas").hidden = false;
+    $("canvas").dataset.image = p.id || "new";
+    draw();
+    legend();
+  }
+  renderStrip();
+}
+
+function renderStrip() {
+  const strip = $("strip");
+  strip.textContent = "";
+  state.photos.forEach((p, i) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = (i === state.shown ? "current " : "") + (p.id ? "" : "pending");
+    b.dataset.imageId = p.id || "new";
+    b.title = `${p.id || "not sent yet"}: ${p.name}`;
+    const thumb = document.createElement("img");
+    thumb.src = p.uri;
+    thumb.alt = p.name;
+    const cap = document.createElement("div");
+    cap.textContent = p.id || "new";
+    b.append(thumb, cap);
+    b.addEventListener("click", () => show(i));
+    strip.appendChild(b);
+  });
+  $("add-more").hidden = state.photos.length === 0;
 }
 
 function draw() {
@@ -101,6 +172,9 @@ function draw() {
 }
 
 function legend() {
+  const p = state.photos[state.shown];
+  if (!p) return;
+  if (!p.id) { $("legend").textContent = `${p.name}: ask a question to analyse it`; return; }
   const parts = state.faces.map((f) => {
     const bits = [];
     if (f.smiling !== null && f.smiling !== undefined) bits.push(f.smiling ? "smiling" : "not smiling");
@@ -109,7 +183,7 @@ function legend() {
     if (f.expression) bits.push(`expression ${f.expression} (estimate)`);
     return `#${f.id}${bits.length ? ": " + bits.join(", ") : ""}`;
   });
-  $("legend").textContent = parts.length ? `${state.shownImageId}: ${parts.join(" · ")}` : `${state.shownImageId}: no face found`;
+  $("legend").textContent = parts.length ? `${p.id}: ${parts.join(" · ")}` : `${p.id}: no face found`;
 }
 
 function short(obj) {
@@ -135,12 +209,13 @@ function setBusy(b) {
 }
 
 async function ask(question) {
-  if (!state.pending && !state.conversationId) { addMessage("error", "Add a photo first (drop it on the left)."); return; }
+  const pending = pendingPhotos();
+  if (!pending.length && !state.conversationId) { addMessage("error", "Add a photo first (drop it on the left)."); return; }
   addMessage("user", question);
   const msg = addMessage("assistant", "");
   const bubble = msg.querySelector(".bubble");
   const body = { question, stream: true };
-  if (state.pending) body.images = [state.pending];
+  if (pending.length) body.images = pending.map((p) => p.uri);
   if (state.conversationId) body.conversation_id = state.conversationId;
   const headers = { "Content-Type": "application/json" };
   const key = $("api-key").value.trim();
@@ -150,9 +225,10 @@ async function ask(question) {
   try {
     const resp = await fetch("/v1/faces/query", { method: "POST", headers, body: JSON.stringify(body) });
     if (!resp.ok) {
-      let text = `HTTP ${resp.status}`;
-      try { text = (await resp.json()).error.message; } catch (e) { /* keep the status */ }
+      let text = `HTTP ${resp.status}`, code = null;
+      try { const e = (await resp.json()).error; text = e.message; code = e.code; } catch (e) { /* keep the status */ }
       if (resp.status === 401) { $("key-box").hidden = false; text += " (enter the API key at the top)"; }
+      if (IMAGE_ERRORS.includes(code)) text = sentence(text) + dropPending(pending);
       throw new Error(text);
     }
     const reader = resp.body.getReader();
@@ -170,7 +246,7 @@ async function ask(question) {
           if (!line.startsWith("data: ")) continue;
           const data = line.slice(6);
           if (data === "[DONE]") continue;
-          handle(JSON.parse(data), msg, bubble, calls);
+          handle(JSON.parse(data), msg, bubble, calls, pending);
         }
       }
     }
@@ -184,7 +260,17 @@ async function ask(question) {
   }
 }
 
-function handle(ev, msg, bubble, calls) {
+const sentence = (text) => text.replace(/[.\s]*$/, ".");
+
+// The server refused a new photo: take the photos of that request off the strip and show what was there before.
+function dropPending(pending) {
+  state.photos = state.photos.filter((p) => !pending.includes(p));
+  const back = state.photos.map((p) => !!p.id).lastIndexOf(true);
+  show(back);
+  return pending.length ? ` The photo${pending.length > 1 ? "s were" : " was"} not added; the conversation is as before.` : "";
+}
+
+function handle(ev, msg, bubble, calls, pending) {
   if (ev.type === "start") {
     state.conversationId = ev.conversation_id;
   } else if (ev.type === "tool_call") {
@@ -203,9 +289,10 @@ function handle(ev, msg, bubble, calls) {
   } else if (ev.type === "result") {
     const r = ev.response;
     state.conversationId = r.conversation_id;
-    if (state.pending) { state.pending = null; state.imageCount = r.images.length; }
-    const shown = r.images.find((im) => im.image_id === state.shownImageId) || r.images[r.images.length - 1];
-    if (shown) { state.shownImageId = shown.image_id; state.faces = shown.faces; draw(); legend(); }
+    r.images.forEach((im, i) => {  // the server numbers the conversation's images in the order they were sent
+      if (state.photos[i]) Object.assign(state.photos[i], { id: im.image_id, faces: im.faces });
+    });
+    show(state.shown >= 0 ? state.shown : state.photos.length - 1);
     bubble.textContent = r.answer;
     const list = toolList(msg);
     list.parentElement.querySelector("summary").textContent =
@@ -219,7 +306,8 @@ function handle(ev, msg, bubble, calls) {
     msg.dataset.done = "1";
   } else if (ev.type === "error") {
     msg.className = "msg error";
-    bubble.textContent = `Error: ${ev.error.message}`;
+    bubble.textContent = IMAGE_ERRORS.includes(ev.error.code) ? `Error: ${sentence(ev.error.message)}${dropPending(pending)}`
+      : `Error: ${ev.error.message}`;
     msg.dataset.done = "1";
   }
 }
@@ -229,7 +317,9 @@ function setup() {
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
   drop.addEventListener("drop", (e) => readFile(e.dataTransfer.files[0]));
-  $("file").addEventListener("change", (e) => readFile(e.target.files[0]));
+  for (const id of ["file", "file-more"]) {
+    $(id).addEventListener("change", async (e) => { await readFile(e.target.files[0]); e.target.value = ""; });
+  }
   $("show-landmarks").addEventListener("change", draw);
   $("ask").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -239,12 +329,9 @@ function setup() {
     ask(q);
   });
   $("new-chat").addEventListener("click", () => {
-    Object.assign(state, { conversationId: null, pending: null, shownImageId: null, image: null, faces: [], imageCount: 0 });
+    Object.assign(state, { conversationId: null, photos: [] });
     $("log").innerHTML = "";
-    $("legend").textContent = "";
-    $("canvas").hidden = true;
-    $("drop-hint").hidden = false;
-    $("file").value = "";
+    show(-1);
   });
   setBusy(false);
   loadConfig();

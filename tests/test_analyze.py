@@ -73,7 +73,7 @@ def test_json_round_trip(group):
 
 
 def test_steps_resolve_dependencies():
-    assert resolve_steps(["cues"]) == ("mesh", "pose", "cues")
+    assert resolve_steps(["cues"]) == ("mesh", "landmarks68", "pose", "cues")  # dlib's lids: the closed-eye cue
     with pytest.raises(ValueError, match="unknown analysis step"):
         resolve_steps(["telepathy"])
     res = analyze(photo("astronaut"), steps=["pose"])

@@ -184,7 +184,7 @@ class Trainer:
         saved = self.out / "recipe.json"
         want = {"recipe": self.recipe.to_dict(), "data": self.data, "max_steps": self.max_steps}
         if saved.is_file():
-            if json.loads(saved.read_text()) != want:
+            if _run_identity(json.loads(saved.read_text())) != _run_identity(want):
                 raise TrainError(f"{self.out} already holds a run started with a different recipe, data or "
                                  "max_steps: continue it with the same ones (--resume), or choose a new --out")
             self.resume = True  # the same command again continues the run
@@ -595,6 +595,13 @@ def _tensorboard(folder: Path):
     except ImportError:  # tensorboard not installed: the CSV still has everything
         return None
     return SummaryWriter(str(folder))
+
+
+def _run_identity(run: dict) -> dict:
+    """What makes two commands the same run: the recipe without where its default data and tool caches live
+    (``run["data"]`` holds the folders actually read, and the run's data snapshot pins their records)."""
+    recipe = {k: v for k, v in run["recipe"].items() if k not in ("data", "analysis_cache")}
+    return {**run, "recipe": recipe}
 
 
 def train(recipe: str | Path | Recipe, out: str | Path, **kwargs) -> Path:

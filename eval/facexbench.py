@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -82,12 +81,12 @@ def _option_letter(raw: object, options: list[str], where: str) -> str:
     return letter
 
 
-_RACE_WORDS = re.compile(r"\b(race|racial|ethnic|ethnicity|skin tone)\b", re.I)
-
-
 def _asks_race(sub_category: str, question: str) -> bool:
-    """A question whose answer would be a race or ethnicity group (FaceXBench's bias_fairness/race items)."""
-    return bool(_RACE_WORDS.search(sub_category.replace("_", " ")) or _RACE_WORDS.search(question))
+    """A question whose answer would be a race or ethnicity group (FaceXBench's bias_fairness/race items): the
+    agent policy's own test, on the file's sub-category and on the question."""
+    from facellm.agent.policy import is_race_question
+
+    return is_race_question(sub_category.replace("_", " ")) or is_race_question(question)
 
 
 def load_file(path: Path, *, base: Path | None = None, counts: dict[str, int] | None = None) -> list[EvalItem]:

@@ -27,7 +27,7 @@ IDENTITY_RX = (r"\bwho\b(?!\s+(is|are|'s)\s+(smiling|facing|looking|turned|happy
                r"|\bname\b|\brecogni[sz]|\bidentify\b|\bidentity\b|\benrolled\b|\bgallery\b")
 # No tool estimates race or ethnicity, and the agent does not guess it (a dataset's race label only groups
 # fairness reports).
-RACE_RX = re.compile(r"\b(race|racial|ethnic|ethnicity|ancestry|skin colou?r)\b", re.I)
+RACE_RX = re.compile(r"\b(race|racial|ethnic|ethnicity|ancestry|skin (?:colou?r|tone))\b", re.I)
 RACE_REFUSAL = ("I don't estimate race or ethnicity: no tool here measures it, and guessing it from a face is not "
                 "something I do. I can tell you the perceived age, expression or head pose instead.")
 

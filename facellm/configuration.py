@@ -55,7 +55,8 @@ class FaceLLMConfig(PretrainedConfig):
       max_faces: faces per image that get tokens (the most confident are kept).
       patch_pool: the LM sees the patch grid average-pooled by this factor (2: 7x7 = 49 tokens instead of
         14x14 = 196; the region encoder still works on the full grid, so face tokens keep their detail).
-    Projector: projector_hidden (None: the LM's hidden size). Training: freeze_vision, freeze_lm (the LM's
+    Projector: projector_hidden (None: the LM's hidden size). Training: freeze_vision, vision_tuned (the hash of
+      a tower tuned on faces, whose weights the folder then holds; None: the package's weights), freeze_lm (the LM's
       own weights; LoRA adapters train regardless), lora (None or a dict: r, alpha, dropout, target_modules),
       load_in_4bit (QLoRA through bitsandbytes).
     Text: chat_template "facellm" (ChatML + Hermes-style tools, facellm.toolcall.CHAT_TEMPLATE; shared with
@@ -88,6 +89,7 @@ class FaceLLMConfig(PretrainedConfig):
         image_token_id: int | None = None,
         face_token_id: int | None = None,
         freeze_vision: bool = True,
+        vision_tuned: str | None = None,
         freeze_lm: bool = True,
         lora: dict | None = None,
         load_in_4bit: bool = False,
@@ -128,6 +130,7 @@ class FaceLLMConfig(PretrainedConfig):
         self.image_token_id = image_token_id
         self.face_token_id = face_token_id
         self.freeze_vision = bool(freeze_vision)
+        self.vision_tuned = vision_tuned
         self.freeze_lm = bool(freeze_lm)
         self.lora = dict(lora) if lora else None
         self.load_in_4bit = bool(load_in_4bit)

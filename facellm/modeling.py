@@ -309,9 +309,9 @@ class FaceLLMForConditionalGeneration(nn.Module):
         for prefix, module in (("region_encoder", self.region_encoder), ("projector", self.projector)):
             if module is not None:
                 state.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
-        if not self.config.freeze_vision:
+        if not self.config.freeze_vision or self.config.vision_tuned:  # its weights are no longer the package's
             state.update({f"vision_tower.{k}": v.detach().cpu().contiguous()
-                          for k, v in self.vision_tower.state_dict().items()})
+                          for k, v in self.vision_tower.feature_state_dict().items()})
         state.update(self.placeholder_rows())
         return state
 
@@ -372,7 +372,10 @@ class FaceLLMForConditionalGeneration(nn.Module):
             part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
             if module is None or (prefix == "vision_tower" and not part):
                 continue
-            module.load_state_dict(part, strict=True)
+            if prefix == "vision_tower":
+                module.load_feature_state_dict(part)
+            else:
+                module.load_state_dict(part, strict=True)
         ids = torch.tensor([self.config.image_token_id, self.config.face_token_id])
         with torch.no_grad():
             inp = self.lm.get_input_embeddings().weight

@@ -27,6 +27,8 @@ def default_folder() -> Path:
 
 def tower_fingerprint(model) -> str:
     spec = {"vision": model.config.vision, "preprocess": model.processor.settings.preprocess}
+    if getattr(model.config, "vision_tuned", None):  # a tuned tower's features are its own
+        spec["tuned"] = model.config.vision_tuned
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -37,6 +37,7 @@ class RecipeError(ValueError):
 @dataclass
 class StageRecipe:
     name: str
+    kind: str = "lm"  # "lm": next-token loss on records; "tower": tune the vision tower on human face labels
     train: list[str] = field(default_factory=lambda: ["projector", "region_encoder"])
     mixture: dict[str, float] = field(default_factory=lambda: {"facecaption": 1.0})
     epochs: float = 1.0  # passes over the mixture; max_steps wins when set
@@ -74,6 +75,10 @@ class StageRecipe:
             raise RecipeError(f"stage {self.name!r}: mixture needs at least one style with a weight >= 0")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise RecipeError(f"stage {self.name!r}: schedule must be cosine, linear or constant")
+        if self.kind not in ("lm", "tower"):
+            raise RecipeError(f"stage {self.name!r}: kind must be 'lm' or 'tower', not {self.kind!r}")
+        if self.kind == "tower" and self.train != ["vision_tower"]:
+            raise RecipeError(f"stage {self.name!r}: a tower stage trains exactly ['vision_tower']")
         if self.pack < 1:
             raise RecipeError(f"stage {self.name!r}: pack must be >= 1")
         if self.batch_size < 1 or self.grad_accum < 1:

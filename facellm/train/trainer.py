@@ -209,6 +209,10 @@ class Trainer:
             final = folder / "final"
             if (final / "config.json").is_file():
                 self._log(f"stage {i} ({stage.name}): done already, {final}")
+            elif stage.kind == "tower":
+                from .tower import TowerStage
+
+                TowerStage(self, stage, folder, previous).run()
             else:
                 self.run_stage(stage, folder, previous)
             previous = final
@@ -566,8 +570,10 @@ class _nullcontext:
 class _MetricsCSV:
     FIELDS = ["step", "epoch", "loss", "lr", "tokens_per_s", "elapsed_s", "eval_loss", "eval_answer_f1"]
 
-    def __init__(self, path: Path, resumed_at: int = 0) -> None:
+    def __init__(self, path: Path, resumed_at: int = 0, fields: list[str] | None = None) -> None:
         self.path = path
+        if fields:
+            self.FIELDS = list(fields)
         if path.is_file():  # resumed: drop rows past the checkpoint we restarted from (they are redone)
             with path.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resumed_at]

@@ -240,6 +240,19 @@ class VisionTower(nn.Module):
     def preprocess(self, images: TowerImage | Sequence[TowerImage]) -> VisionInputs:
         return preprocess_images(images, self.preprocess_config)
 
+    def feature_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights the configured feature depends on (what a model folder stores of a tuned tower)."""
+        return self.state_dict()
+
+    def load_feature_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load ``feature_state_dict`` weights: every key it names must be there, and nothing else."""
+        want = set(self.feature_state_dict())
+        missing, extra = sorted(want - set(state)), sorted(set(state) - set(self.state_dict()))
+        if missing or extra:
+            raise VisionConfigError(f"tower weights do not match the tower: missing {missing[:3]}, unexpected "
+                                    f"{extra[:3]}")
+        self.load_state_dict(state, strict=False)
+
     def grid_size(self, size: tuple[int, int] | None = None) -> tuple[int, int]:
         """(H', W') of the feature map for an input of ``size`` (default: the preprocessing size)."""
         h, w = size or self.preprocess_config.size

@@ -97,7 +97,11 @@ class FaceLLMVllmModel(nn.Module, SupportsMultiModal):
             part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
             if module is None or (prefix == "vision_tower" and not part):
                 continue  # a frozen tower keeps the pretrained weights it was built with
-            module.load_state_dict({k: v.float() for k, v in part.items()}, strict=True)
+            part = {k: v.float() for k, v in part.items()}
+            if prefix == "vision_tower":
+                module.load_feature_state_dict(part)  # a tuned tower: the weights its feature uses
+            else:
+                module.load_state_dict(part, strict=True)
         folder = lm_folder(self.config, self.model_dir)
         weights_iter = lm_weights(folder, self.model_dir, self.config, state, self.config.text_config.vocab_size)
         loaded = {f"language_model.{n}" for n in self.language_model.load_weights(weights_iter)}

@@ -110,3 +110,24 @@ def test_tower_stage_trains_only_the_tower():
         Recipe.from_dict({"name": "x", "stage": [{"name": "t", "kind": "tower", "train": ["projector"]}]})
     with pytest.raises(RecipeError, match="kind"):
         Recipe.from_dict({"name": "x", "stage": [{"name": "t", "kind": "vision"}]})
+
+
+def test_export_writes_a_model_from_a_stopped_stage(root):
+    from facellm.train.trainer import export_checkpoint
+
+    data = _records(root / "data3")
+    recipe = _recipe(root, 4)
+    spec = recipe.to_dict()
+    spec["stage"] = spec.pop("stages") + [{
+        "name": "align", "train": ["projector", "region_encoder"], "mixture": {"faceinstruct": 1.0}, "max_steps": 4,
+        "batch_size": 1, "save_every": 2, "eval_every": 0, "eval_items": 1, "lr": 1e-3}]
+    spec["stage"][0].pop("kind")
+    spec["stage"][0]["kind"] = "tower"
+    out = root / "run-export"
+    train(Recipe.from_dict(spec), out, data=[str(data)], progress=False)
+    shutil.rmtree(out / "2-align" / "final")  # as if stopped after its step-4 checkpoint
+    folder = export_checkpoint(out, root / "exported")
+    info = (folder / "training.json").read_text()
+    assert '"partial": true' in info and '"steps": 4' in info
+    model = FaceLLMForConditionalGeneration.from_pretrained(folder)
+    assert model.config.vision_tuned == tower_sha(model.vision_tower)

@@ -22,6 +22,11 @@ def add_parser(sub) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
+    x = sub.add_parser("export", help="a model folder from a run's newest checkpoint (a run stopped before its end)")
+    x.add_argument("run", help="run folder (facellm train --out)")
+    x.add_argument("out", help="new model folder")
+    x.set_defaults(func=cmd_export)
+
     m = sub.add_parser("merge", help="write a standalone model folder with the LoRA adapter folded into the LM")
     m.add_argument("model", help="model folder with a lora/ adapter")
     m.add_argument("out", help="new folder")
@@ -45,6 +50,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     except TrainInterrupted:
         sys.exit(130)
     print(f"trained model: {folder}  (try: facellm ask --model {folder} PHOTO \"question\")")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .trainer import export_checkpoint
+
+    print(f"model folder written to {export_checkpoint(args.run, args.out)} (the run continues with the same "
+          "train command)")
 
 
 def cmd_merge(args: argparse.Namespace) -> None:

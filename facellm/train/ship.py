@@ -135,9 +135,18 @@ def _stage_rows(stages: list[dict]) -> list[str]:
     return lines
 
 
-def model_card(run: Path, eval_dir: Path, recipe: dict, extra: str = "") -> str:
+def model_card(run: Path, eval_dir: Path, recipe: dict, extra: str = "", partial: dict | None = None) -> str:
     stages = _stages(run)
+    if partial:  # a stage stopped before its planned end, exported from its checkpoint (facellm export)
+        folder = next(p for p in run.iterdir() if p.is_dir() and p.name.endswith("-" + partial["stage"]))
+        stages.append({**partial, "last_eval": _last_eval(folder / "metrics.csv"), "examples": "",
+                       "device": "cpu", "num_processes": 1, "precision": recipe.get("precision", "bf16 autocast"),
+                       "train_records": "", "stage": f"{partial['stage']} (stopped at step {partial['steps']} "
+                                                     f"of {partial['planned_steps']})"})
     name = recipe["recipe"]["name"]
+    trains = {st["name"]: " + ".join(p.replace("_", " ") for p in st["train"]) for st in recipe["recipe"]["stages"]}
+    for st in stages:
+        st.setdefault("trained", trains.get(st["stage"].split(" (")[0], ""))
     tuned = any(st.get("kind") == "tower" for st in stages)
     summary = (eval_dir / "summary.md").read_text() if (eval_dir / "summary.md").is_file() else "(no evaluation)"
     tower = ("EfficientNet-Lite0 tuned on faces (stage5, its weights in this folder)" if tuned else
@@ -176,9 +185,10 @@ def model_card(run: Path, eval_dir: Path, recipe: dict, extra: str = "") -> str:
     return "\n".join(lines)
 
 
-def ship(run: str | Path, eval_dir: str | Path, dest: str | Path = DEST, extra: str = "") -> Path:
+def ship(run: str | Path, eval_dir: str | Path, dest: str | Path = DEST, extra: str = "",
+         model: str | Path | None = None) -> Path:
     run, eval_dir, dest = Path(run).expanduser(), Path(eval_dir).expanduser(), Path(dest)
-    model = (run / "model").resolve()
+    model = Path(model).expanduser().resolve() if model else (run / "model").resolve()
     if not (model / "config.json").is_file():
         raise FileNotFoundError(f"{run} has no finished model folder (model/config.json)")
     tmp = dest.with_name(dest.name + ".tmp")
@@ -194,7 +204,9 @@ def ship(run: str | Path, eval_dir: str | Path, dest: str | Path = DEST, extra: 
         cfg["base_model_name_or_path"] = json.loads((tmp / "config.json").read_text())["lm_name_or_path"]
         adapter.write_text(json.dumps(cfg, indent=2))
     recipe = json.loads((run / "recipe.json").read_text())
-    (tmp / "MODEL_CARD.md").write_text(model_card(run, eval_dir, recipe, extra))
+    info = json.loads((model / "training.json").read_text()) if (model / "training.json").is_file() else {}
+    (tmp / "MODEL_CARD.md").write_text(model_card(run, eval_dir, recipe, extra,
+                                                  partial=info if info.get("partial") else None))
     if (eval_dir / "plots").is_dir():  # the card's summary links them
         shutil.copytree(eval_dir / "plots", tmp / "plots")
     if (run / "plots" / "training.png").is_file():
@@ -210,12 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("run")
     ap.add_argument("eval_dir")
     ap.add_argument("--dest", default=str(DEST))
+    ap.add_argument("--model", default=None, help="the model folder to ship (default RUN/model; e.g. one written by "
+                    "`facellm export` from a stopped run)")
     ap.add_argument("--extra", action="append", default=[], metavar="MD",
                     help="a Markdown file of further sections for the card (tool-call rates, reproduction runs)")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
     extra = "\n\n".join(Path(f).read_text() for f in args.extra)
-    print(f"shipped to {ship(args.run, args.eval_dir, args.dest, extra)}")
+    print(f"shipped to {ship(args.run, args.eval_dir, args.dest, extra, args.model)}")
 
 
 if __name__ == "__main__":

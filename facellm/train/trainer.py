@@ -615,3 +615,42 @@ def train(recipe: str | Path | Recipe, out: str | Path, **kwargs) -> Path:
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
     return Trainer(recipe, out, **kwargs).run()
+
+
+def export_checkpoint(run: str | Path, out: str | Path) -> Path:
+    """A model folder from the unfinished stage's newest checkpoint (to evaluate or ship a run stopped before its
+    last step); the run itself is untouched and the same train command still continues it."""
+    from .recipe import Recipe
+
+    run, out = Path(run).expanduser(), Path(out).expanduser()
+    saved = json.loads((run / "recipe.json").read_text())
+    raw = dict(saved["recipe"])
+    stages = raw.pop("stages")
+    recipe = Recipe.from_dict({**raw, "stage": stages})
+    previous = None
+    for i, stage in enumerate(recipe.stages, 1):
+        folder = run / f"{i}-{stage.name}"
+        if (folder / "final" / "config.json").is_file():
+            previous = folder / "final"
+            continue
+        found = _checkpoints(folder / "checkpoints")
+        if stage.kind != "lm" or not found:
+            break
+        step, ckpt = found[-1]
+        model = build_model(recipe, stage, previous)
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(t.to(params[n].dtype))
+        state = json.loads((ckpt / "state.json").read_text())
+        model.eval().save_pretrained(out)
+        (out / "training.json").write_text(json.dumps({
+            "recipe": recipe.name, "stage": stage.name, "steps": step, "planned_steps": stage.max_steps,
+            "partial": True, "records_seen": state.get("records"), "tokens": state.get("tokens"),
+            "wall_time_s": round(state.get("elapsed_s", 0.0), 1), "data": saved["data"]}, indent=1))
+        return out
+    if previous is None:
+        raise TrainError(f"{run}: no finished stage and no checkpoint of an LM stage to export")
+    shutil.copytree(previous, out, dirs_exist_ok=True)
+    return out

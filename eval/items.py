@@ -13,6 +13,8 @@ scorer and report reads them, so the kinds of task live in one place:
 
 from __future__ import annotations
 
+import random
+
 import string
 from pathlib import Path
 from typing import Any, Literal
@@ -109,10 +111,12 @@ class Benchmark(BaseModel):
         return self
 
     def limit(self, n: int | None) -> Benchmark:
-        """``n`` items of each category, spread evenly over it (a small run still covers every category).
+        """A seeded sample of ``n`` items of each category, kept in benchmark order (every category is covered).
 
-        Evenly spaced rather than the first ``n``: a benchmark's files are often sorted (UTKFace by age, FER2013 by
-        class), so the first items of a category would all be children, or all one expression.
+        Not the first ``n``: a benchmark's files are often sorted (UTKFace by age), so the first items would all
+        be children. Not every k-th either: categories built round-robin over classes (FER2013's 7 expressions)
+        alias with the stride (20 of 350 evenly spaced items hit 2 of the 7 classes). The sample depends only on
+        the category's name and items, so runs with the same ``n`` answer the same items (and share the cache).
         """
         if n is None:
             return self
@@ -120,11 +124,9 @@ class Benchmark(BaseModel):
         for i, it in enumerate(self.items):
             groups.setdefault(f"{it.kind}:{it.category}", []).append(i)
         keep: set[int] = set()
-        for idx in groups.values():
-            if len(idx) <= n:
-                keep.update(idx)
-            else:
-                keep.update(idx[(j * len(idx)) // n] for j in range(n))
+        for key, idx in groups.items():
+            rng = random.Random(f"limit:{key}:{len(idx)}")
+            keep.update(idx if len(idx) <= n else rng.sample(idx, n))
         return self.model_copy(update={"items": [it for i, it in enumerate(self.items) if i in keep]})
 
     def check_images(self) -> None:

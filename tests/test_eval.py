@@ -393,15 +393,22 @@ def test_item_validation():
         Benchmark(name="b", items=[it, it])
 
 
-def test_limit_spreads_over_a_sorted_category_and_keeps_every_category():
+def test_limit_samples_sorted_and_periodic_categories_fairly_and_keeps_every_category():
     # sorted like UTKFace (by age): the first 4 would all be children
     ages = [EvalItem(id=f"a{i}", kind="open", question="age?", category="age", reference=i) for i in range(1, 81)]
+    # round-robin over 7 classes like the FER2013 part: every 17th or 18th item would hit 2 classes only
+    expr = [EvalItem(id=f"e{i}", kind="open", question="expression?", category="expression", reference=i % 7)
+            for i in range(350)]
     gender = [EvalItem(id=f"g{i}", kind="open", question="gender?", category="gender") for i in range(3)]
-    small = Benchmark(name="b", items=ages + gender).limit(4)
-    picked = [it.reference for it in small.items if it.category == "age"]
-    assert picked == [1, 21, 41, 61]
+    bench = Benchmark(name="b", items=ages + expr + gender)
+    small = bench.limit(20)
+    picked_ages = [it.reference for it in small.items if it.category == "age"]
+    assert len(picked_ages) == 20 and min(picked_ages) < 20 and max(picked_ages) > 60
+    assert picked_ages == sorted(picked_ages)  # benchmark order kept
+    assert len({it.reference for it in small.items if it.category == "expression"}) >= 6
     assert [it.id for it in small.items if it.category == "gender"] == ["g0", "g1", "g2"]
-    assert Benchmark(name="b", items=ages).limit(None).items == ages
+    assert [it.id for it in bench.limit(20).items] == [it.id for it in small.items]  # the same sample every run
+    assert bench.limit(None).items == bench.items
 
 
 # ------------------------------------------------------------------ CLI

@@ -4,5 +4,7 @@
 
 Modules: settings (limits), protocol (the request schema), images (image references under the server's rules),
 prompt (request -> PreparedPrompt), engines (TransformersEngine, VllmEngine), output (stop strings, tool calls),
-api (the FastAPI app), cli (the command), vllm_plugin (FaceLLM as an out-of-tree vLLM model).
+api (the FastAPI app), query (/v1/faces/query: the face agent), agent_model (the engine's FaceLLM as the agent's
+LangChain chat model), webpage (the chat page), cli (the command), vllm_plugin (FaceLLM as an out-of-tree vLLM
+model).
 """

@@ -252,6 +252,9 @@ def create_app(engine: Engine, settings: ServeSettings | None = None, *, start_e
         app.state.ready = True
         yield
         begin_drain()
+        query = getattr(app.state, "query", None)
+        if query is not None:  # the agents' model turns still running (cut off by the shutdown) end in the engine
+            query.close()
         await engine.shutdown()
 
     app = FastAPI(title="FaceLLM", lifespan=lifespan)

@@ -54,7 +54,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     # --- /v1/faces/query and the chat page (serve/query.py)
     p.add_argument("--query-model", choices=("rules", "engine"), default="rules",
                    help="the agent behind /v1/faces/query and the chat page: rules (no LM: rule-routed tools, "
-                        "template answers; fast, faithful) or engine (the served FaceLLM, transformers engine only)")
+                        "template answers; fast, faithful) or engine (the served FaceLLM chooses the tools for "
+                        "questions the rules do not recognise, generating through the engine: vLLM or transformers)")
     p.add_argument("--gallery", type=Path, default=None, metavar="DB",
                    help="enrolled-faces gallery (SQLite) that queries with use_gallery may identify people in")
     # ---

@@ -1,7 +1,8 @@
 """Engines behind the API: one interface, two implementations.
 
 * ``TransformersEngine``: FaceLLM in this process (``FaceLLMForConditionalGeneration.from_pretrained``), one
-  generation at a time in a worker thread, tokens streamed back as they come. Works wherever FaceLLM does.
+  generation at a time in a worker thread, tokens streamed back as they come. Works wherever FaceLLM does. The
+  system turn of a prompt with tools (the tools section) is prefilled once and its KV cache kept.
 * ``VllmEngine``: vLLM's ``AsyncLLM`` in this process with the FaceLLM plugin (``facellm.serve.vllm_plugin``):
   vLLM runs the face tools (in its multimodal processing step), the vision tower, the region encoder, the
   projector and the LM, and does the batching, scheduling and KV cache.
@@ -130,6 +131,7 @@ class TransformersEngine:
         self.threads = threads
         self.model = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facellm-gen")
+        self._prefix: tuple[tuple[int, ...], object] | None = None  # (system-turn ids, their KV): generation thread
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,8 +148,13 @@ class TransformersEngine:
     def tokenizer(self):
         return self.model.tokenizer
 
+    @property
+    def processor(self):
+        return self.model.processor if self.model is not None else None
+
     def _batch(self, prompt: PreparedPrompt):
-        batch = self.model.processor(prompt.messages, add_generation_prompt=True, return_labels=False)
+        batch = self.model.processor(prompt.messages, analyses=prompt.analyses, add_generation_prompt=True,
+                                     return_labels=False)
         if prompt.prefill:
             extra = self.tokenizer(prompt.prefill, add_special_tokens=False, return_tensors="pt")["input_ids"]
             batch["input_ids"] = torch.cat([batch["input_ids"], extra], dim=1)
@@ -156,6 +163,30 @@ class TransformersEngine:
 
     def prompt_token_ids(self, prompt: PreparedPrompt) -> list[int]:
         return self._batch(prompt)["input_ids"][0].tolist()
+
+    def _prefix_kv(self, input_ids: torch.Tensor):
+        """A copy of the KV cache of the prompt's system turn (computed on first use; one system turn is kept).
+
+        Used for prompts that offer tools: their system turn carries the tools section (~1 200 tokens with the
+        default model's tools), the same for every request, and the agent sends it on every model turn; it is then
+        prefilled once instead of per request. The system turn holds no image (``prepare`` allows text only), so
+        its KV depends on its tokens alone. Runs on the generation thread."""
+        if input_ids.shape[0] != 1:
+            return None
+        import copy
+
+        ids = input_ids[0].tolist()
+        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if end not in ids:
+            return None
+        key = tuple(ids[: ids.index(end) + 2])  # through "<|im_end|>\n"
+        if len(key) >= len(ids):
+            return None
+        if self._prefix is None or self._prefix[0] != key:
+            with torch.no_grad():
+                embeds = self.model.get_inputs_embeds(torch.tensor([key]))
+                self._prefix = (key, self.model.lm(inputs_embeds=embeds, use_cache=True).past_key_values)
+        return copy.deepcopy(self._prefix[1])  # generate() extends the cache in place
 
     async def generate(self, prompt: PreparedPrompt, params: SamplingSettings,
                        request_id: str | None = None) -> AsyncIterator[Delta]:
@@ -198,6 +229,8 @@ class TransformersEngine:
                 kw = dict(max_new_tokens=params.max_tokens, do_sample=not params.greedy)
                 if not params.greedy:
                     kw.update(temperature=params.temperature, top_p=params.top_p)
+                if prompt.tools and (cached := self._prefix_kv(batch["input_ids"])) is not None:
+                    kw["past_key_values"] = cached
                 self.model.generate(**batch, streamer=Streamer(),
                                     stopping_criteria=StoppingCriteriaList([Cancelled()]), **kw)
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", 0))
@@ -306,12 +339,14 @@ class VllmEngine:
         self.processor = FaceLLMProcessor.from_pretrained(self.model_dir)
         self.max_span = max_span_tokens(self.processor)
 
-    def _prepare_images(self, images: list) -> int:
+    def _prepare_images(self, images: list, analyses: list | None = None) -> int:
         """Run the face tools + preprocessing of each image into the plugin's cache (in this thread); returns
-        how many images were already cached."""
+        how many images were already cached. ``analyses``: the face tools' results where already known."""
         from .vllm_plugin.processing import precompute_image_fields
 
-        return sum(precompute_image_fields(self.processor, img, self.max_span) for img in images)
+        analyses = analyses or [None] * len(images)
+        return sum(precompute_image_fields(self.processor, img, self.max_span, analysis=a)
+                   for img, a in zip(images, analyses))
 
     def prompt_token_ids(self, prompt: PreparedPrompt) -> list[int]:
         """The prompt with one ``<image>`` per image (vLLM's processor expands them) + the prefill."""
@@ -331,7 +366,8 @@ class VllmEngine:
         ids = self.prompt_token_ids(prompt)
         inputs: dict = {"prompt_token_ids": ids}
         if prompt.images:
-            await asyncio.get_running_loop().run_in_executor(self._tools_pool, self._prepare_images, prompt.images)
+            await asyncio.get_running_loop().run_in_executor(self._tools_pool, self._prepare_images, prompt.images,
+                                                             prompt.analyses)
             inputs["multi_modal_data"] = {"image": [img.rgb for img in prompt.images]}
         t_submit = time.monotonic()
         sp = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,

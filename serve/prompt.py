@@ -2,7 +2,9 @@
 
 Both engines see the same conversation in the same text format (facellm.toolcall's: ChatML, FaceLLM's default
 system prompt when the request has none, tools offered Hermes-style in the system turn, assistant tool calls as
-``<tool_call>`` blocks, tool results as ``<tool_response>`` blocks in one ``tool`` turn). Images become image
+``<tool_call>`` blocks, tool results as ``<tool_response>`` blocks in one ``tool`` turn: the chat template
+(``facellm.toolcall.CHAT_TEMPLATE``) wraps each ``tool`` message and joins consecutive ones, so they are passed
+on unwrapped, one message each, as ``render_chatml`` and the training traces write them). Images become image
 parts (decoded here, under the server's limits) that FaceLLM's processor expands into its placeholder span.
 
 ``tool_choice``: "auto" (default when tools are given) offers the tools; "none" leaves them out; "required" and a
@@ -13,12 +15,12 @@ going to call a tool still writes a call. The prefill is part of the prompt for 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from facellm.tools.image_io import LoadedImage
-from facellm.toolcall import (DEFAULT_SYSTEM, TOOL_CALL_START, render_tool_calls, render_tool_response,
-                              tools_section)
+from facellm.toolcall import DEFAULT_SYSTEM, TOOL_CALL_START, render_tool_calls, tools_section
 
 from .images import ImageRefused, resolve_image
 from .protocol import ChatCompletionRequest
@@ -53,13 +55,15 @@ class SamplingSettings:
 class PreparedPrompt:
     """messages: role + content, content a string or parts ({"type": "text"} / {"type": "image", "image": img}),
     ready for ``FaceLLMProcessor``. images: the decoded images in order. prefill: text the answer starts with.
-    tools: the offered tools (OpenAI dicts), or None."""
+    tools: the offered tools (OpenAI dicts), or None. analyses: per image, a ``FaceAnalysis`` the face tools
+    already made (the agent's cached ones) or None (the engine runs the face tools); None: none given."""
 
     messages: list[dict]
     images: list[LoadedImage]
     prefill: str = ""
     tools: list[dict] | None = None
     forced_tool: bool = False
+    analyses: list[Any] | None = None
 
     def text_messages(self) -> list[dict]:
         """The same conversation with string contents, each image written as ``<image>`` (joined with newlines,
@@ -87,7 +91,11 @@ def _text_of(content: Any, where: str) -> str:
     return "".join(parts)
 
 
-def _user_parts(content: Any, settings: ServeSettings, images: list[LoadedImage]) -> str | list[dict]:
+Resolver = Callable[[str], LoadedImage]
+
+
+def _user_parts(content: Any, settings: ServeSettings, images: list[LoadedImage],
+                resolve: Resolver | None = None) -> str | list[dict]:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -102,7 +110,7 @@ def _user_parts(content: Any, settings: ServeSettings, images: list[LoadedImage]
             url = ref.get("url") if isinstance(ref, dict) else ref
             if len(images) >= settings.max_images:
                 raise BadRequest(f"at most {settings.max_images} images per request", "too_many_images", "messages")
-            img = resolve_image(url, settings)
+            img = resolve(url) if resolve is not None else resolve_image(url, settings)
             images.append(img)
             parts.append({"type": "image", "image": img})
         else:
@@ -135,8 +143,12 @@ def _tool_choice(req: ChatCompletionRequest) -> tuple[list[dict] | None, str]:
                      "invalid_tool_choice", "tool_choice")
 
 
-def prepare(req: ChatCompletionRequest, settings: ServeSettings) -> PreparedPrompt:
-    """Check and normalise the conversation; decode its images (``ImageRefused`` / ``BadRequest`` on failure)."""
+def prepare(req: ChatCompletionRequest, settings: ServeSettings, *,
+            resolve: Resolver | None = None) -> PreparedPrompt:
+    """Check and normalise the conversation; decode its images (``ImageRefused`` / ``BadRequest`` on failure).
+
+    resolve: turns an image part's url into the image instead of ``resolve_image`` under the server's rules
+    (the query API's agent names the images of its conversation by id)."""
     tools, prefill = _tool_choice(req)
     msgs = list(req.messages)
     system = DEFAULT_SYSTEM
@@ -150,12 +162,9 @@ def prepare(req: ChatCompletionRequest, settings: ServeSettings) -> PreparedProm
     i = 0
     while i < len(msgs):
         m = msgs[i]
-        if m.role == "tool":  # consecutive results: one tool turn, as facellm.toolcall renders it
-            block = []
-            while i < len(msgs) and msgs[i].role == "tool":
-                block.append(render_tool_response(_text_of(msgs[i].content, "tool")))
-                i += 1
-            out.append({"role": "tool", "content": "\n".join(block)})
+        if m.role == "tool":  # the template wraps each result in <tool_response> and joins consecutive ones
+            out.append({"role": "tool", "content": _text_of(m.content, "tool")})
+            i += 1
             continue
         if m.role in ("system", "developer"):
             out.append({"role": "system", "content": _text_of(m.content, "system")})
@@ -169,7 +178,7 @@ def prepare(req: ChatCompletionRequest, settings: ServeSettings) -> PreparedProm
                 text = f"{text}\n{calls}" if text else calls
             out.append({"role": "assistant", "content": text})
         else:
-            out.append({"role": "user", "content": _user_parts(m.content, settings, images)})
+            out.append({"role": "user", "content": _user_parts(m.content, settings, images, resolve)})
         i += 1
     if out[-1]["role"] == "assistant":
         raise BadRequest("the last message must not be the assistant's (continuing an answer is not supported)")

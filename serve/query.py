@@ -10,14 +10,19 @@ The agent's model (``ServeSettings.query_model``):
 * ``"rules"`` (default): no language model: the agent's rule router picks the tools and the answer is a
   template over their results (``facellm ask --agent --no-model``). Fast on a CPU (tool time only) and always
   faithful to what the tools measured, which the untrained default LM is not.
-* ``"engine"``: with the transformers engine, the same in-process FaceLLM wrapped as ``FaceLLMChatModel`` (no
-  second copy of the weights), in ``rules_first`` mode: questions the rules recognise skip the model's tool
-  choice; the rest go to the model. Its calls run on the engine's own generation thread, one at a time with
-  chat completions. The vLLM engine runs its model in other processes: there, queries use the rules.
+* ``"engine"``: the served FaceLLM, through the engine's own generation path (``serve.agent_model.
+  EngineChatModel``: the agent's messages and the registry's tools become the server's ``PreparedPrompt``, as a
+  /v1/chat/completions request with tools does, and ``engine.generate`` answers), on both engines: in vLLM with
+  ``--engine vllm``, on the transformers engine's single generation thread (one generation at a time, with the
+  chat completions) with ``--engine transformers``. ``rules_first`` mode: questions the rules recognise skip the
+  model's tool choice; the rest go to the model. Each answer's ``path`` says who chose its tools.
 
 Admission (queue / 429), API keys, request size limits, ``request_timeout`` and the error vocabulary are the
-server's own. A conversation belongs to the API key that started it: with any other key it does not exist (404,
-the same answer as for an unknown id, so its existence is not confirmed).
+server's own. A query holds one of the ``max_concurrency`` slots from admission to its answer, model turns
+included (they do not queue again); its model turns share its deadline, and a query that times out (or whose
+client went away) stops its running generation in the engine. Its tokens count in the server's metrics. A
+conversation belongs to the API key that started it: with any other key it does not exist (404, the same answer
+as for an unknown id, so its existence is not confirmed).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -158,6 +164,7 @@ class Conversation:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
     sink: Any = None  # where the agent's events go during the current question
+    turns: Any = None  # ModelTurns of the agent's model (engine mode): the question's deadline, and its stop
 
     def event(self, kind: str, payload: dict) -> None:
         if self.sink is not None:
@@ -206,44 +213,51 @@ class Conversations:
 class QueryService:
     """Builds agents (rules or the engine's model), runs questions off the event loop, shapes responses."""
 
-    def __init__(self, engine: Any, settings: ServeSettings) -> None:
-        self.engine, self.settings = engine, settings
+    def __init__(self, engine: Any, settings: ServeSettings, metrics: Any = None) -> None:
+        self.engine, self.settings, self.metrics = engine, settings, metrics
         self.conversations = Conversations(settings.max_conversations, settings.conversation_ttl)
-        self.mode: Literal["rules", "engine"] = "rules"
-        if settings.query_model == "engine":
-            if getattr(engine, "name", "") != "transformers":
-                raise ValueError("--query-model engine needs the transformers engine (the vLLM engine's model runs "
-                                 "in other processes); use --query-model rules")
-            self.mode = "engine"
-        # the model's turns must share the engine's single generation thread; rules-only questions run here
+        self.mode: Literal["rules", "engine"] = "engine" if settings.query_model == "engine" else "rules"
+        if self.mode == "engine" and not callable(getattr(engine, "generate", None)):
+            raise ValueError("--query-model engine needs an engine that generates (serve.engines)")
+        # the agents run here (tools, policy, grounding); their model turns go to the engine, which serialises
+        # them with the chat completions (transformers: one generation thread) or batches them (vLLM)
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.max_concurrency),
                                         thread_name_prefix="facellm-query")
-        self._chat_model = None
+        self._turns: weakref.WeakSet = weakref.WeakSet()  # every conversation's ModelTurns (engine mode)
 
-    def _model(self):
+    def _usage(self, n_prompt: int, n_out: int) -> None:  # on the event loop, after each model turn
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(n_prompt)
+            self.metrics.completion_tokens.inc(n_out)
+
+    def _model(self, turns: Any, loop: asyncio.AbstractEventLoop | None):
+        """The agent's chat model for one conversation: the engine's FaceLLM (engine mode), else None (rules)."""
         if self.mode != "engine":
             return None
-        if self._chat_model is None:
-            from facellm.agent import FaceLLMChatModel
+        from .agent_model import EngineChatModel
 
-            self._chat_model = FaceLLMChatModel(model=self.engine.model,
-                                                max_new_tokens=min(128, self.settings.default_max_tokens))
-        return self._chat_model
+        return EngineChatModel(engine=self.engine, loop=loop or asyncio.get_running_loop(), settings=self.settings,
+                               max_tokens=min(128, self.settings.default_max_tokens), turns=turns,
+                               on_usage=self._usage)
 
-    def new_conversation(self, use_gallery: bool, owner: str | None = None) -> Conversation:
+    def new_conversation(self, use_gallery: bool, owner: str | None = None,
+                         loop: asyncio.AbstractEventLoop | None = None) -> Conversation:
+        """A new conversation (engine mode: call it on the server's event loop, or pass ``loop``)."""
         from facellm.agent import AgentConfig, FaceAgent
+
+        from .agent_model import ModelTurns
 
         if use_gallery and self.settings.gallery is None:
             raise QueryError("no_gallery", "this server has no face gallery (start it with --gallery DB)",
                              "use_gallery")
         conv = Conversation("conv_" + uuid.uuid4().hex[:16], None, owner)
+        conv.turns = ModelTurns() if self.mode == "engine" else None
+        if conv.turns is not None:
+            self._turns.add(conv.turns)
         config = AgentConfig(mode="rules_first", max_steps=3)
-        conv.agent = FaceAgent(self._model(), gallery=str(self.settings.gallery) if use_gallery else None,
-                               config=config, on_event=conv.event)
+        conv.agent = FaceAgent(self._model(conv.turns, loop), gallery=str(self.settings.gallery) if use_gallery
+                               else None, config=config, on_event=conv.event)
         return conv
-
-    def _executor(self):
-        return self.engine._pool if self.mode == "engine" else self._pool
 
     def ask(self, conv: Conversation, question: str, images: list[Any]) -> dict:
         """Runs in a worker thread: add the images, ask, shape the response."""
@@ -268,6 +282,10 @@ class QueryService:
             timings_s=Timings(**d["timings_s"]), notes=d["notes"]).model_dump(mode="json")
 
     def close(self) -> None:
+        """Shutdown: model turns still running are stopped (their generations end in the engine), queued
+        questions are dropped."""
+        for turns in list(self._turns):
+            turns.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -320,7 +338,7 @@ def query_router(app) -> APIRouter:
         return app.openapi_schema
 
     app.openapi = openapi
-    service = QueryService(app.state.engine, settings)
+    service = QueryService(app.state.engine, settings, app.state.metrics)
     app.state.query = service
 
     def decode(refs: list[str]) -> list[Any]:
@@ -373,7 +391,9 @@ def query_router(app) -> APIRouter:
             # a follow-up waits for the conversation's previous question, within its own deadline
             await asyncio.wait_for(conv.lock.acquire(), timeout=max(0.001, left()))
             conv.sink = sink if req.stream else None
-            fut = loop.run_in_executor(service._executor(), service.ask, conv, req.question.strip(), images)
+            if conv.turns is not None:
+                conv.turns.begin(left)  # the model's turns end by the query's deadline
+            fut = loop.run_in_executor(service._pool, service.ask, conv, req.question.strip(), images)
 
             def release(_):
                 done.set()
@@ -381,10 +401,18 @@ def query_router(app) -> APIRouter:
                 loop.call_soon_threadsafe(conv.lock.release)
 
             fut.add_done_callback(release)  # the lock is held until the worker really finished
-            return await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.001, left()))
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.001, left()))
+            except BaseException:  # timed out, or the client went away: stop the model's generation too
+                if conv.turns is not None and not fut.done():
+                    conv.turns.stop()
+                raise
+
+        app.state.metrics.in_flight.inc()
 
         def finish(status: str) -> None:
             adm.leave()
+            app.state.metrics.in_flight.dec()
             app.state.metrics.requests.labels(status).inc()
             app.state.metrics.latency.observe(time.monotonic() - start)
 

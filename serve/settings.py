@@ -18,8 +18,8 @@ class ServeSettings:
     request_timeout: seconds from admission to the last token (504 / an error event in a stream).
     max_tokens_limit: upper bound on a request's max_tokens; default_max_tokens when it gives none.
     query_model / gallery / max_conversations / conversation_ttl: /v1/faces/query (serve/query.py): the agent's
-    model ("rules": no LM; "engine": the transformers engine's FaceLLM), the enrolled gallery (SQLite) requests
-    may use, and how many conversations are kept and for how many idle seconds.
+    model ("rules": no LM; "engine": the served FaceLLM, through the engine: vLLM or transformers), the enrolled
+    gallery (SQLite) requests may use, and how many conversations are kept and for how many idle seconds.
     """
 
     model_name: str = "facellm"

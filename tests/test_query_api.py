@@ -224,7 +224,7 @@ def test_engine_query_model_uses_the_served_facellm(model_dir):
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["agent_model"] == "engine" and "6 faces" in body["answer"]
-        # a question no rule knows goes to the model (the engine's own FaceLLM, on the engine's thread)
+        # a question no rule knows goes to the model (the engine's own FaceLLM, through engine.generate)
         r = httpx.post(srv.base + "/v1/faces/query", timeout=120,
                        json={"conversation_id": body["conversation_id"], "question": "Write a haiku about it."})
         assert r.status_code == 200, r.text
@@ -235,13 +235,20 @@ def test_engine_query_model_uses_the_served_facellm(model_dir):
         assert srv.stop() == 0
 
 
-def test_engine_query_model_needs_the_transformers_engine():
+def test_engine_query_model_on_both_engines():
     from types import SimpleNamespace
 
     from facellm.serve.query import QueryService
     from facellm.serve.settings import ServeSettings
 
-    with pytest.raises(ValueError, match="transformers engine"):
+    # the agent's model turns go through engine.generate, so any serving engine will do (vLLM included);
+    # tests/test_query_engine.py answers real queries through it on both engines
+    for name in ("transformers", "vllm"):
+        service = QueryService(SimpleNamespace(name=name, generate=lambda *a, **k: None),
+                               ServeSettings(query_model="engine"))
+        assert service.mode == "engine"
+        service.close()
+    with pytest.raises(ValueError, match="generates"):
         QueryService(SimpleNamespace(name="vllm"), ServeSettings(query_model="engine"))
     with pytest.raises(ValueError, match="query_model"):
         ServeSettings(query_model="gpt")

@@ -54,8 +54,8 @@ class AgentConfig:
     # who words a rule-routed answer: "template" (always faithful to the tool results) or "model" (the model
     # phrases it from the results in its context; kept only if the grounding check finds no contradiction)
     phrasing: Literal["template", "model"] = "template"
-    # with FaceLLM in-process: when the rules could answer, stop the model's first turn after this many tokens
-    # if it has not started a <tool_call> (a weak model's stray text costs seconds per token batch on a CPU)
+    # with FaceLLM (in-process or served): when the rules could answer, stop the model's first turn after this many
+    # tokens if it has not started a <tool_call> (a weak model's stray text costs seconds per token batch on a CPU)
     tool_probe_tokens: int | None = 16
     send_images: bool | None = None  # image parts to the model; None: only to FaceLLM (it has a vision tower)
     system_prompt: str = DEFAULT_SYSTEM  # the prompt the agent traces were trained with (policy included)
@@ -132,7 +132,9 @@ class FaceAgent:
         if model is not None:
             from .chat_model import FaceLLMChatModel
 
-            is_facellm = isinstance(model, FaceLLMChatModel)
+            # FaceLLM itself: in-process (FaceLLMChatModel) or through a serving engine (facellm.serve.agent_model.
+            # EngineChatModel); both resolve image ids through the conversation's store (``with_store``)
+            is_facellm = isinstance(model, FaceLLMChatModel) or callable(getattr(model, "with_store", None))
             if is_facellm:
                 model = model.with_store(self.store)
             send = self.config.send_images

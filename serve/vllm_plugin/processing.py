@@ -124,12 +124,15 @@ def _key(proc: FaceLLMProcessor, img, max_span: int) -> tuple:
     return (repr(proc.settings), max_span, rgb.shape, digest)
 
 
-def one_image_fields(proc: FaceLLMProcessor, image, max_span: int) -> dict[str, torch.Tensor]:
-    """One image's fields (leading dim 1): pixels, face tensors padded to max_faces, the placeholder span."""
+def one_image_fields(proc: FaceLLMProcessor, image, max_span: int, analysis=None) -> dict[str, torch.Tensor]:
+    """One image's fields (leading dim 1): pixels, face tensors padded to max_faces, the placeholder span
+    (``analysis``: the face tools' result when already known, else they run here)."""
     s = proc.settings
     img = as_loaded(image)
-    analysis = proc.analyze(img) if s.use_region_encoder else None
-    faces = select_faces(analysis, s.max_faces) if analysis is not None else []
+    if analysis is None and s.use_region_encoder:
+        analysis = proc.analyze(img)
+    # as FaceLLMProcessor does: the faces only with the region encoder, the count whenever it is known
+    faces = select_faces(analysis, s.max_faces) if (analysis is not None and s.use_region_encoder) else []
     # the span text is FaceLLM's own (the processor's), so both engines see identical token ids
     span = proc._image_text(faces, img.width, analysis.num_faces if analysis is not None else 0)
     vis = preprocess_images([img], s.preprocess_config)
@@ -151,13 +154,14 @@ def one_image_fields(proc: FaceLLMProcessor, image, max_span: int) -> dict[str, 
     return out
 
 
-def precompute_image_fields(proc: FaceLLMProcessor, image, max_span: int) -> bool:
-    """Compute one image's fields into ``FIELDS_CACHE`` unless already there; True if it was (a cache hit)."""
+def precompute_image_fields(proc: FaceLLMProcessor, image, max_span: int, analysis=None) -> bool:
+    """Compute one image's fields into ``FIELDS_CACHE`` unless already there; True if it was (a cache hit).
+    ``analysis``: the image's ``FaceAnalysis`` when the face tools already ran (the agent's cached one)."""
     img = as_loaded(image)
     key = _key(proc, img, max_span)
     if FIELDS_CACHE.get(key) is not None:
         return True
-    FIELDS_CACHE.put(key, one_image_fields(proc, img, max_span))
+    FIELDS_CACHE.put(key, one_image_fields(proc, img, max_span, analysis))
     return False
 
 

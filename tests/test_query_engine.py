@@ -34,7 +34,7 @@ from facellm.tools.photos import photo
 from facellm.tools.registry import REGISTRY
 from pydantic import Field
 from test_serve import ServerProcess, data_uri
-from tiny_facellm import TINY_REGION, WORDS, tiny_tower_folder
+from tiny_facellm import TINY_REGION, WORDS, teach, tiny_tokenizer, tiny_tower_folder
 
 # one conversation about the astronaut photo: questions no rule recognises -> the tool the model calls, and its
 # answer from the tool's result (the second names someone no gallery matched: the identity policy must screen it)
@@ -54,24 +54,11 @@ def agent_tokenizer():
     """A byte-level BPE (1000 tokens) trained on the agent's system turn (its tools section is ~4 600
     characters): ~1 150 tokens for it instead of ~3 900 with the 300-token tokenizer of tiny_facellm, so a
     taught agent prompt is ~1 400 tokens (fast to train, and within the tiny LM's positions for vLLM)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     system = DEFAULT_SYSTEM + "\n\n" + tools_section([s.openai() for s in REGISTRY.values()])
     texts = [system, *WORDS, *(q for q, _, _ in TAUGHT), *(a for *_, a in TAUGHT), *(call(t) for _, t, _ in TAUGHT),
              "Images in this conversation: image_1.",
              '<tool_response>\n{"num_faces":1,"faces":[{"face_id":1,"position":"top"}]}\n</tool_response>']
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    core.train_from_iterator(texts, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  unk_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    return tok
+    return tiny_tokenizer(texts, vocab_size=1000)
 
 
 def untrained_model(root: Path, hidden: int) -> FaceLLMForConditionalGeneration:
@@ -135,19 +122,7 @@ def build_agent_model(root: Path, hidden: int = 32, steps: int = 150) -> Path:
     model = untrained_model(root, hidden)
     batches = [model.processor(p.messages + [{"role": "assistant", "content": answer}], analyses=p.analyses)
                for p, answer in agent_prompts(model)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and much faster on a busy machine
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-2 if hidden <= 32 else 3e-3)
-    model.train()
-    for _ in range(steps):
-        loss = sum(model(**b).loss for b in batches)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    torch.set_num_threads(threads)
-    return model.save_pretrained(root / "taught")
+    return teach(model, batches, steps, hidden, root / "taught")
 
 
 # ------------------------------------------------------------------ the checks, the same for both engines

@@ -28,7 +28,7 @@ from facellm.serve.prompt import prepare
 from facellm.serve.protocol import ChatCompletionRequest
 from facellm.serve.settings import ServeSettings
 from facellm.tools.photos import photo
-from tiny_facellm import tiny_model
+from tiny_facellm import teach, tiny_model
 
 PHOTOS = photo("astronaut").parent
 TOOLS = [{"type": "function", "function": {"name": "detect", "description": "find the faces in an image",
@@ -56,25 +56,13 @@ TAUGHT = [  # (request, answer): the prompts go through the server's own prompt 
 
 def build_taught_model(root: Path, steps: int = 100, hidden: int = 32, taught: list | None = None) -> Path:
     """A tiny FaceLLM whose LM learned the ``taught`` answers (default TAUGHT; ~10 s); saved with its LM in lm/."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and much faster on a busy machine
     model = tiny_model(root, freeze_lm=False, hidden=hidden)
     settings = ServeSettings(image_dirs=[PHOTOS])
     batches = []
     for req, answer in taught or TAUGHT:
         msgs = prepare(ChatCompletionRequest(**req), settings).messages
         batches.append(model.processor(msgs + [{"role": "assistant", "content": answer}]))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-2 if hidden <= 32 else 3e-3)  # the wider LM needs a gentler step
-    model.train()
-    for _ in range(steps):
-        loss = sum(model(**b).loss for b in batches)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    torch.set_num_threads(threads)
-    return model.save_pretrained(root / "taught")
+    return teach(model, batches, steps, hidden, root / "taught")
 
 
 def free_port() -> int:

@@ -24,16 +24,17 @@ WORDS = ["hello world", "what is the capital of France? Paris.", "user assistant
          "a smiling woman in a space suit", "six people", "How old does face 2 look?", "Describe the image."]
 
 
-def tiny_tokenizer():
+def tiny_tokenizer(texts=None, vocab_size: int = 300):
+    """A byte-level BPE tokenizer with ChatML specials, trained on ``texts`` (default: WORDS)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    core.train_from_iterator(WORDS, trainer)
+    core.train_from_iterator(WORDS if texts is None else texts, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
     tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -97,3 +98,20 @@ def ask(image_name: str, question: str, answer: str | None = None) -> list[dict]
     if answer is not None:
         msgs.append({"role": "assistant", "content": answer})
     return msgs
+
+
+def teach(model, batches: list, steps: int, hidden: int, out: Path) -> Path:
+    """Fit ``model``'s trainable parts to ``batches`` (processor outputs) with Adam; save it to ``out``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and much faster on a busy machine
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-2 if hidden <= 32 else 3e-3)  # the wider LM needs a gentler step
+    model.train()
+    for _ in range(steps):
+        loss = sum(model(**b).loss for b in batches)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    torch.set_num_threads(threads)
+    return model.save_pretrained(out)

@@ -147,6 +147,28 @@ def test_chat_with_a_group_photo(server, page):
     assert not errors, errors
 
 
+@needs_browser
+def test_question_asked_while_the_photo_is_still_read(server, page):
+    """Enter pressed before the browser has finished reading the chosen photo: the question waits for the photo
+    (it once answered "Add a photo first" and, on a slow machine, never marked that message done)."""
+    tab = page.context.new_page()
+    tab.set_default_timeout(60_000)
+    # a slow disk: each FileReader read finishes 1.5 s late
+    tab.add_init_script("""(() => {
+        const read = FileReader.prototype.readAsDataURL;
+        FileReader.prototype.readAsDataURL = function (f) { setTimeout(() => read.call(this, f), 1500); };
+    })()""")
+    tab.goto(server.base + "/")
+    tab.fill("#api-key", KEY)
+    tab.set_input_files("#file", str(photo("group")))
+    tab.fill("#question", "How many faces are there?")
+    tab.press("#question", "Enter")
+    answer = _last_answer(tab, 1)
+    assert "6 faces" in answer, answer
+    assert tab.locator("#canvas").get_attribute("data-faces") == "6"
+    tab.close()
+
+
 def _canvas_state(page) -> tuple:
     return page.evaluate("() => { const c = document.getElementById('canvas'); "
                          "return [c.dataset.image, c.dataset.faces, c.width, c.height, c.toDataURL().length]; }")

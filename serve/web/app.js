@@ -11,6 +11,7 @@ const state = {
   image: null,            // HTMLImageElement on the canvas
   faces: [],              // per-face results of the photo on the canvas
   busy: false,
+  reading: new Set(),     // photo files still being read: a question asked meanwhile waits for them
 };
 const IMAGE_ERRORS = ["invalid_image", "image_too_large", "too_many_images"];
 
@@ -93,6 +94,13 @@ async function readFile(file) {
   state.photos.push({ id: null, name: file.name, uri, img, faces: [] });
   show(state.photos.length - 1);
   $("question").focus();
+}
+
+// Reads a chosen or dropped file, remembering the read until it ends so that ask() can wait for it.
+function addFile(file) {
+  const reading = readFile(file).finally(() => state.reading.delete(reading));
+  state.reading.add(reading);
+  return reading;
 }
 
 // Photos dropped since the last question: sent with the next one.
@@ -209,8 +217,13 @@ function setBusy(b) {
 }
 
 async function ask(question) {
+  if (state.reading.size) {  // Enter pressed while a photo is still being read: it belongs to this question
+    setBusy(true);
+    await Promise.allSettled([...state.reading]);
+    setBusy(false);
+  }
   const pending = pendingPhotos();
-  if (!pending.length && !state.conversationId) { addMessage("error", "Add a photo first (drop it on the left)."); return; }
+  if (!pending.length && !state.conversationId) { addMessage("error", "Add a photo first (drop it on the left).").dataset.done = "1"; return; }
   addMessage("user", question);
   const msg = addMessage("assistant", "");
   const bubble = msg.querySelector(".bubble");
@@ -316,9 +329,9 @@ function setup() {
   const drop = $("drop");
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
   ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
-  drop.addEventListener("drop", (e) => readFile(e.dataTransfer.files[0]));
+  drop.addEventListener("drop", (e) => addFile(e.dataTransfer.files[0]));
   for (const id of ["file", "file-more"]) {
-    $(id).addEventListener("change", async (e) => { await readFile(e.target.files[0]); e.target.value = ""; });
+    $(id).addEventListener("change", async (e) => { await addFile(e.target.files[0]); e.target.value = ""; });
   }
   $("show-landmarks").addEventListener("change", draw);
   $("ask").addEventListener("submit", (e) => {

@@ -55,6 +55,9 @@ class FaceLLMConfig(PretrainedConfig):
       max_faces: faces per image that get tokens (the most confident are kept).
       patch_pool: the LM sees the patch grid average-pooled by this factor (2: 7x7 = 49 tokens instead of
         14x14 = 196; the region encoder still works on the full grid, so face tokens keep their detail).
+      attribute_tokens: 4 more tokens per face after the region tokens: the tuned tower's attribute head's
+        perceived age (two digit embeddings), gender and expression (probability-weighted word embeddings),
+        ``facellm.attribute_tokens``; attribute_word_ids: their token ids (set from the tokenizer).
     Projector: projector_hidden (None: the LM's hidden size). Training: freeze_vision, vision_tuned (the hash of
       a tower tuned on faces, whose weights the folder then holds; None: the package's weights), freeze_lm (the LM's
       own weights; LoRA adapters train regardless), lora (None or a dict: r, alpha, dropout, target_modules),
@@ -95,6 +98,8 @@ class FaceLLMConfig(PretrainedConfig):
         load_in_4bit: bool = False,
         chat_template: str = "facellm",
         patch_pool: int = 1,
+        attribute_tokens: bool = False,
+        attribute_word_ids: dict | None = None,
         **kwargs,
     ) -> None:
         from facellm.vision import VisionTowerConfig
@@ -140,10 +145,19 @@ class FaceLLMConfig(PretrainedConfig):
         if int(patch_pool) < 1:
             raise ValueError("patch_pool must be >= 1 (1 = every patch token; 2 = a 2x2-pooled grid)")
         self.patch_pool = int(patch_pool)
+        self.attribute_tokens = bool(attribute_tokens)
+        self.attribute_word_ids = dict(attribute_word_ids) if attribute_word_ids else None
         kwargs.setdefault("architectures", ["FaceLLMForConditionalGeneration"])
         super().__init__(**kwargs)
 
     @property
     def tokens_per_face(self) -> int:
-        """Region tokens + the geometry token + the identity token (when on)."""
+        """The region encoder's tokens per face: region tokens + the geometry token + the identity token (when on)."""
         return len(self.regions) + int(self.use_geometry_token) + int(self.use_identity_token)
+
+    @property
+    def face_tokens(self) -> int:
+        """<face> placeholders per face in the text: the region encoder's tokens + the attribute tokens (when on)."""
+        from facellm.attribute_tokens import N_ATTRIBUTE_TOKENS
+
+        return self.tokens_per_face + (N_ATTRIBUTE_TOKENS if self.attribute_tokens else 0)

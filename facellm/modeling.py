@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .attribute_tokens import AttributeTokens, attribute_word_ids
 from .configuration import FaceLLMConfig
 from .lora import LORA_DIR, add_lora, apply_trainable, bnb_4bit_config, is_peft, load_lora
 from .processor import IGNORE_INDEX, FaceLLMProcessor, ProcessorSettings
@@ -36,7 +37,7 @@ from .region_encoder import RegionEncoder
 WEIGHTS = "model.safetensors"
 LM_DIR = "lm"
 FACE_KEYS = ("face_mask", "region_points", "region_point_mask", "face_geometry", "face_identity", "region_masks",
-             "region_mask_valid")
+             "region_mask_valid", "face_boxes")
 
 
 def _register_auto() -> None:
@@ -87,9 +88,30 @@ class FaceLLMForConditionalGeneration(nn.Module):
         self.region_encoder = RegionEncoder(config, vis_dim) if config.use_region_encoder else None
         in_dim = config.region_dim if config.use_region_encoder else vis_dim
         self.projector = Projector(in_dim, lm.config.hidden_size, config.projector_hidden)
+        self.attribute_tokens = None
+        if config.attribute_tokens:
+            self.enable_attribute_tokens()
         if config.lora and init_lora:
             self.lm = add_lora(self.lm, config.lora)
         apply_trainable(self)
+
+    def enable_attribute_tokens(self, head_state: dict[str, torch.Tensor] | None = None) -> None:
+        """Add the attribute tokens (``facellm.attribute_tokens``; frozen) with the tower stage's head weights.
+        The processor then writes 4 more <face> placeholders per face."""
+        if not self.config.use_region_encoder:
+            raise ValueError("attribute tokens follow the face tokens: they need use_region_encoder")
+        self.config.attribute_tokens = True
+        if not self.config.attribute_word_ids:
+            self.config.attribute_word_ids = attribute_word_ids(self.tokenizer)
+        self.attribute_tokens = AttributeTokens(self.vision_tower.hidden_size, self.config.attribute_word_ids)
+        if head_state is not None:
+            self.attribute_tokens.head.load_state_dict(head_state, strict=True)
+        self.attribute_tokens.requires_grad_(False)
+        self.processor.settings.tokens_per_face = self.config.face_tokens
+
+    def _embed_words(self, ids: torch.Tensor) -> torch.Tensor:
+        """The LM's input embeddings of token ids (the attribute tokens are made of them)."""
+        return self.lm.get_input_embeddings()(ids.to(self.device))
 
     # ---------------------------------------------------------------- building blocks
     @staticmethod
@@ -170,6 +192,11 @@ class FaceLLMForConditionalGeneration(nn.Module):
             region_masks=kw.get("region_masks"), region_mask_valid=kw.get("region_mask_valid"))
         patches = self._pool_patches(patches, grid)
         proj_p, proj_f = self.projector(patches), self.projector(faces)
+        if getattr(self, "attribute_tokens", None) is not None and proj_f.shape[1]:
+            fmap = tokens.transpose(1, 2).reshape(b, -1, *grid).to(dev)
+            attr = self.attribute_tokens(fmap.to(self.attribute_tokens.head.proj.weight.dtype), kw["face_boxes"],
+                                         self._embed_words)
+            proj_f = torch.cat([proj_f, attr.to(proj_f.device, proj_f.dtype)], dim=2)
         fm = face_mask.to(dev)
         return [torch.cat([proj_p[i], proj_f[i][fm[i]].flatten(0, 1)]) for i in range(b)]
 
@@ -204,8 +231,7 @@ class FaceLLMForConditionalGeneration(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                image_sizes: torch.Tensor | None = None, face_boxes: torch.Tensor | None = None,
-                vision_features: torch.Tensor | None = None, loss_only: bool = False, **kwargs):
+                image_sizes: torch.Tensor | None = None, vision_features: torch.Tensor | None = None, loss_only: bool = False, **kwargs):
         """Like an HF causal LM: returns the LM's output (``loss`` when ``labels`` are given, ``logits``).
         ``vision_features``: precomputed frozen-tower feature maps instead of running the tower on pixels.
         ``loss_only`` (training): logits only at the positions whose next token is labelled in some row — the
@@ -233,7 +259,7 @@ class FaceLLMForConditionalGeneration(nn.Module):
                  pixel_values: torch.Tensor | None = None, *, max_new_tokens: int = 128, do_sample: bool = False,
                  temperature: float = 0.7, top_p: float = 0.9, top_k: int | None = None,
                  stop_strings: str | list[str] | None = None, streamer=None, labels=None, image_sizes=None,
-                 face_boxes=None, tool_names: list[str] | None = None, **kwargs) -> torch.Tensor:
+                 tool_names: list[str] | None = None, **kwargs) -> torch.Tensor:
         """New token ids (B, <= max_new_tokens), through the LM's own generate (KV cache) on inputs_embeds.
         Pad the batch on the left (the processor does with ``add_generation_prompt=True``)."""
         face_data = {k: kwargs.pop(k) for k in FACE_KEYS if k in kwargs}
@@ -306,7 +332,8 @@ class FaceLLMForConditionalGeneration(nn.Module):
     # ---------------------------------------------------------------- persistence
     def new_module_state(self) -> dict[str, torch.Tensor]:
         state = {}
-        for prefix, module in (("region_encoder", self.region_encoder), ("projector", self.projector)):
+        for prefix, module in (("region_encoder", self.region_encoder), ("projector", self.projector),
+                               ("attribute_tokens", self.attribute_tokens)):
             if module is not None:
                 state.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
         if not self.config.freeze_vision or self.config.vision_tuned:  # its weights are no longer the package's
@@ -368,7 +395,7 @@ class FaceLLMForConditionalGeneration(nn.Module):
 
     def _load_new_modules(self, state: dict[str, torch.Tensor]) -> None:
         for prefix, module in (("region_encoder", self.region_encoder), ("projector", self.projector),
-                               ("vision_tower", self.vision_tower)):
+                               ("vision_tower", self.vision_tower), ("attribute_tokens", self.attribute_tokens)):
             part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
             if module is None or (prefix == "vision_tower" and not part):
                 continue

@@ -78,7 +78,7 @@ class ProcessorSettings:
     def from_model(cls, config: FaceLLMConfig, preprocess: PreprocessConfig, stride: int) -> "ProcessorSettings":
         return cls(preprocess=preprocess.to_dict(), stride=int(stride), image_token=config.image_token,
                    face_token=config.face_token, use_region_encoder=config.use_region_encoder,
-                   regions=list(config.regions), tokens_per_face=config.tokens_per_face,
+                   regions=list(config.regions), tokens_per_face=config.face_tokens,
                    use_identity_token=config.use_identity_token, bias_type=config.bias_type,
                    max_faces=config.max_faces, geometry_points=config.geometry_points,
                    max_region_points=config.max_region_points, chat_template=config.chat_template,

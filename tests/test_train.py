@@ -58,7 +58,8 @@ def test_builtin_recipes_load_and_bad_ones_fail_clearly(tmp_path):
     for name in ("default", "real", "tiny", "gpu-large"):
         r = Recipe.load(name)
         lm = [s for s in r.stages if s.kind == "lm"]
-        assert [s.name for s in lm] == ["align", "instruct"]
+        assert [s.name for s in lm][:2] == ["align", "instruct"]
+        assert [s.name for s in lm][2:] == (["attributes"] if name == "real" else [])
         assert "lora" in lm[1].train and "lora" not in lm[0].train
     assert [(s.name, s.kind) for s in Recipe.load("real").stages][0] == ("face-tower", "tower")
     with pytest.raises(RecipeError, match="no recipe"):

@@ -62,6 +62,8 @@ class StageRecipe:
     pack_styles: list[str] = field(default_factory=lambda: ["fairfacegpt", "faceinstruct", "facecaption"])
     group_by_length: bool = True  # batch_size > 1: batches of similar length (less padding)
     log_every: int = 25  # steps between plain progress lines (loss, records/h, ETA)
+    # from this stage on the model has attribute tokens (facellm.attribute_tokens): the tower stage's head, frozen
+    attribute_tokens: bool = False
 
     def __post_init__(self) -> None:
         bad = [p for p in self.train if p not in TRAINABLE_PARTS]
@@ -81,6 +83,8 @@ class StageRecipe:
             raise RecipeError(f"stage {self.name!r}: a tower stage trains exactly ['vision_tower']")
         if self.pack < 1:
             raise RecipeError(f"stage {self.name!r}: pack must be >= 1")
+        if self.attribute_tokens and self.kind != "lm":
+            raise RecipeError(f"stage {self.name!r}: attribute_tokens is for an LM stage after a tower stage")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise RecipeError(f"stage {self.name!r}: batch_size and grad_accum must be >= 1")
 
@@ -129,6 +133,10 @@ class Recipe:
             if "name" not in st:
                 raise RecipeError(f"{where}: stage {i + 1} needs a name")
             parsed.append(StageRecipe(**st))
+        for i, st in enumerate(parsed):
+            if st.attribute_tokens and not any(p.kind == "tower" for p in parsed[:i]):
+                raise RecipeError(f"{where}: stage {st.name!r} adds attribute tokens, which read the attribute head "
+                                  "of a tower stage: put a kind = \"tower\" stage before it")
         names = [s.name for s in parsed]
         if len(set(names)) != len(names):
             raise RecipeError(f"{where}: stage names must be unique, got {names}")

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-EXPRESSIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")  # FER2013's seven classes
-AGE_SCALE = 10.0  # the head regresses age / 10 (smooth L1): one unit of loss ~ a decade
+from facellm.attribute_tokens import AGE_SCALE, EXPRESSIONS, AttributeHead  # noqa: F401 (re-exported)
+
 LABEL_KEYS = ("age", "gender", "expression")
 TOWER_FIELDS = ["step", "epoch", "loss", "lr", "elapsed_s", "eval_age_mae", "eval_gender_acc", "eval_expression_acc"]
 
@@ -106,23 +106,6 @@ def face_targets(folders: list[str], snapshot: dict[str, int] | None) -> list[Fa
                                               box=(b["x1"], b["y1"], b["x2"], b["y2"]), split=rec["split"],
                                               **labels))
     return out
-
-
-class AttributeHead(nn.Module):
-    """Face cells of the feature map -> perceived age, gender and expression logits (training only)."""
-
-    def __init__(self, channels: int, hidden: int = 256) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(channels, hidden, 1)
-        self.age = nn.Linear(hidden, 1)
-        self.gender = nn.Linear(hidden, 2)
-        self.expression = nn.Linear(hidden, len(EXPRESSIONS))
-
-    def forward(self, fmap: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = F.relu(self.proj(fmap))  # (B, D, H, W)
-        w = mask.unsqueeze(1).to(h.dtype)
-        pooled = (h * w).sum((2, 3)) / w.sum((2, 3)).clamp_min(1.0)
-        return self.age(pooled).squeeze(-1), self.gender(pooled), self.expression(pooled)
 
 
 def face_masks(vis, boxes: list[tuple[float, float, float, float]], grid: tuple[int, int], stride: int

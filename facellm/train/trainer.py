@@ -58,7 +58,18 @@ class TrainInterrupted(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------- model per stage
-def build_model(recipe: Recipe, stage: StageRecipe, previous: Path | None):
+def tower_head(recipe: Recipe, run: Path) -> dict[str, torch.Tensor]:
+    """The attribute head the run's tower stage saved (its final folder's attribute_head.safetensors)."""
+    for i, st in enumerate(recipe.stages, 1):
+        if st.kind == "tower":
+            path = run / f"{i}-{st.name}" / "final" / "attribute_head.safetensors"
+            if not path.is_file():
+                raise TrainError(f"{path} is missing: the tower stage {st.name!r} has not finished")
+            return load_file(str(path))
+    raise TrainError("attribute tokens read a tower stage's attribute head, and this recipe has no tower stage")
+
+
+def build_model(recipe: Recipe, stage: StageRecipe, previous: Path | None, run: Path | None = None):
     from facellm.configuration import FaceLLMConfig
     from facellm.lora import add_lora, apply_trainable, is_peft, lora_spec
     from facellm.modeling import FaceLLMForConditionalGeneration
@@ -70,6 +81,10 @@ def build_model(recipe: Recipe, stage: StageRecipe, previous: Path | None):
     else:
         model = FaceLLMForConditionalGeneration.from_pretrained(previous, trainable=True, **overrides)
     cfg = model.config
+    if stage.attribute_tokens and model.attribute_tokens is None:
+        if run is None:
+            raise TrainError(f"stage {stage.name!r} adds attribute tokens: build_model needs the run folder")
+        model.enable_attribute_tokens(tower_head(recipe, run))
     cfg.freeze_lm = "lm" not in stage.train
     cfg.freeze_vision = "vision_tower" not in stage.train
     if "lora" in stage.train and not is_peft(model.lm):
@@ -277,7 +292,7 @@ class Trainer:
         from facellm.lora import trainable_summary
 
         acc = self.accelerator
-        model = build_model(self.recipe, stage, previous)
+        model = build_model(self.recipe, stage, previous, self.out)
         image_tokens = math.prod(model.processor.settings.token_grid)
         records, held, train, order, total, _ = self._plan(stage, image_tokens)
         world, micro = acc.num_processes, stage.batch_size
@@ -637,7 +652,7 @@ def export_checkpoint(run: str | Path, out: str | Path) -> Path:
         if stage.kind != "lm" or not found:
             break
         step, ckpt = found[-1]
-        model = build_model(recipe, stage, previous)
+        model = build_model(recipe, stage, previous, run)
         weights = load_file(str(ckpt / "trainable.safetensors"))
         params = dict(model.named_parameters())
         with torch.no_grad():

@@ -22,6 +22,7 @@ from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_p
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from facellm.modeling import FaceLLMForConditionalGeneration
+from facellm.attribute_tokens import AttributeTokens
 from facellm.projector import Projector
 from facellm.region_encoder import RegionEncoder
 from facellm.vision import VisionTowerConfig, build_vision_tower
@@ -63,11 +64,17 @@ class FaceLLMVllmModel(nn.Module, SupportsMultiModal):
             self.region_encoder = RegionEncoder(config, vis_dim).float() if config.use_region_encoder else None
             in_dim = config.region_dim if config.use_region_encoder else vis_dim
             self.projector = Projector(in_dim, text_config.hidden_size, config.projector_hidden).float()
+            self.attribute_tokens = (AttributeTokens(vis_dim, config.attribute_word_ids).float()
+                                     if getattr(config, "attribute_tokens", False) else None)
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(vllm_config=vllm_config, hf_config=text_config,
                                                              prefix=maybe_prefix(prefix, "language_model"))
         self.configure_mm_token_handling(text_config.vocab_size, [config.image_token_id, config.face_token_id])
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+
+    def _embed_words(self, ids: torch.Tensor) -> torch.Tensor:  # the attribute tokens' word embeddings
+        emb = self.language_model.model.embed_tokens
+        return emb(ids.to(emb.weight.device))
 
     # ------------------------------------------------------------ images -> embeddings (FaceLLM's own code)
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
@@ -93,7 +100,7 @@ class FaceLLMVllmModel(nn.Module, SupportsMultiModal):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         state = dict(weights)
         for prefix, module in (("region_encoder", self.region_encoder), ("projector", self.projector),
-                               ("vision_tower", self.vision_tower)):
+                               ("vision_tower", self.vision_tower), ("attribute_tokens", self.attribute_tokens)):
             part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
             if module is None or (prefix == "vision_tower" and not part):
                 continue  # a frozen tower keeps the pretrained weights it was built with

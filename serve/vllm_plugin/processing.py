@@ -37,7 +37,7 @@ from facellm.tools.image_io import as_loaded
 from facellm.vision.base import preprocess_images
 
 FACE_FIELDS = ("face_mask", "region_points", "region_point_mask", "face_geometry", "face_identity",
-               "region_masks", "region_mask_valid")
+               "region_masks", "region_mask_valid", "face_boxes")
 FIELDS = ("pixel_values", "span_ids", "span_len") + FACE_FIELDS
 _POSITIONS = ("left", "middle", "right")
 
@@ -145,7 +145,6 @@ def one_image_fields(proc: FaceLLMProcessor, image, max_span: int, analysis=None
     out.update(span_ids=span_ids, span_len=torch.tensor([len(ids)], dtype=torch.long))
     if s.use_region_encoder:
         face = proc.face_tensors([faces], vis, [img.width])
-        face.pop("face_boxes", None)
         for k, v in face.items():  # pad the faces dimension to max_faces: fixed shapes batch in vLLM
             pad = s.max_faces - v.shape[1]
             if pad > 0:

@@ -1,0 +1,115 @@
+"""Attribute tokens (facellm.attribute_tokens): the tower's attribute head read as word embeddings after each
+face's region tokens: placeholder counts, the embeddings themselves, save / load, and the trainer's stage flag."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from facellm.attribute_tokens import (AGE_SCALE, EXPRESSIONS, N_ATTRIBUTE_TOKENS, AttributeHead, AttributeTokens,
+                                      attribute_word_ids, box_cells)
+from facellm.modeling import FaceLLMForConditionalGeneration
+from facellm.train.recipe import Recipe, RecipeError
+from tiny_facellm import analysis, ask, tiny_model
+
+# distinct ids of the tiny 300-token vocabulary stand in for the words (it has no single-token " disgust")
+TINY_WORDS = {"digits": list(range(40, 50)), "space": [50], "gender": [51, 52], "expression": list(range(53, 60))}
+
+
+def _head_saying(channels: int, age: float, gender: int, expression: int) -> dict[str, torch.Tensor]:
+    """A head whose answer is the same for every face: biases only."""
+    head = AttributeHead(channels)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.age.bias.fill_(age / AGE_SCALE)
+        head.gender.bias[gender] = 5.0
+        head.expression.bias[expression] = 5.0
+    return head.state_dict()
+
+
+def test_box_cells_cover_the_box_and_a_tiny_face_gets_its_centre_cell():
+    boxes = torch.tensor([[[1.0, 1.0, 3.0, 2.0], [5.2, 5.2, 5.4, 5.4]]])
+    m = box_cells(boxes, (8, 8))
+    assert m.shape == (1, 2, 8, 8)
+    assert m[0, 0].sum() == 2 * 1 and m[0, 0, 1, 1] == 1 and m[0, 0, 1, 2] == 1  # centres 1.5, 2.5 in x; 1.5 in y
+    assert m[0, 1].sum() == 1 and m[0, 1, 5, 5] == 1
+
+
+def test_tokens_are_the_words_the_head_reads(tmp_path):
+    emb = torch.nn.Embedding(100, 8)
+    tok = AttributeTokens(16, TINY_WORDS)
+    tok.head.load_state_dict(_head_saying(16, age=34.2, gender=1, expression=EXPRESSIONS.index("happy")))
+    fmap = torch.randn(1, 16, 6, 6)
+    out = tok(fmap, torch.tensor([[[0.0, 0.0, 3.0, 3.0]]]), emb)
+    assert out.shape == (1, 1, N_ATTRIBUTE_TOKENS, 8)
+    w = emb.weight
+    assert torch.allclose(out[0, 0, 0], w[43]) and torch.allclose(out[0, 0, 1], w[44])  # "3", "4"
+    p = torch.softmax(torch.tensor([0.0, 5.0]), 0)
+    assert torch.allclose(out[0, 0, 2], p[0] * w[51] + p[1] * w[52], atol=1e-5)  # mostly " woman"
+    # a child of 7: " " then "7"
+    tok.head.load_state_dict(_head_saying(16, age=6.6, gender=0, expression=0))
+    out = tok(fmap, torch.tensor([[[0.0, 0.0, 3.0, 3.0]]]), emb)
+    assert torch.allclose(out[0, 0, 0], w[50]) and torch.allclose(out[0, 0, 1], w[47])
+
+
+def test_word_ids_are_single_tokens_or_a_clear_error():
+    from tiny_facellm import tiny_tokenizer
+
+    with pytest.raises(ValueError, match="single-token"):
+        attribute_word_ids(tiny_tokenizer())
+    words = ["0 1 2 3 4 5 6 7 8 9", " man woman angry disgust fear happy neutral sad surprise"] * 50
+    ids = attribute_word_ids(tiny_tokenizer(words, vocab_size=400))
+    assert len(ids["digits"]) == 10 and len(ids["expression"]) == 7 and len(set(sum(ids.values(), []))) == 20
+
+
+def test_model_with_attribute_tokens_round_trips(tmp_path):
+    model = tiny_model(tmp_path, seed=1)
+    model.config.attribute_word_ids = TINY_WORDS
+    t = model.config.tokens_per_face
+    model.enable_attribute_tokens(_head_saying(model.vision_tower.hidden_size, 52.0, 0, 3))
+    assert model.config.face_tokens == t + N_ATTRIBUTE_TOKENS
+    batch = model.processor(ask("group", "How many faces?"), analyses=[analysis("group")])
+    faces = int(batch["face_mask"].sum())
+    assert int((batch["input_ids"] == model.config.face_token_id).sum()) == faces * (t + N_ATTRIBUTE_TOKENS)
+    with torch.no_grad():
+        embeds = model.get_inputs_embeds(**{k: v for k, v in batch.items() if k not in ("attention_mask", "labels",
+                                                                                          "image_sizes")})
+        logits = model(**batch).logits
+    # each face's last four placeholders hold "5", "2", " man"-ish, " happy"-ish
+    pos = (batch["input_ids"][0] == model.config.face_token_id).nonzero().squeeze(1).view(faces, -1)
+    w = model.lm.get_input_embeddings().weight
+    assert torch.allclose(embeds[0, pos[0, t]], w[45]) and torch.allclose(embeds[0, pos[-1, t + 1]], w[42])
+    folder = model.save_pretrained(tmp_path / "saved")
+    assert json.loads((folder / "config.json").read_text())["attribute_tokens"] is True
+    again = FaceLLMForConditionalGeneration.from_pretrained(folder)
+    assert again.attribute_tokens is not None and not any(p.requires_grad for p in again.attribute_tokens.parameters())
+    with torch.no_grad():
+        assert torch.allclose(again(**batch).logits, logits, atol=1e-5)
+
+
+def test_recipe_needs_a_tower_stage_before_attribute_tokens():
+    with pytest.raises(RecipeError, match="tower"):
+        Recipe.from_dict({"name": "x", "stage": [{"name": "a", "attribute_tokens": True}]})
+    r = Recipe.from_dict({"name": "x", "stage": [{"name": "t", "kind": "tower", "train": ["vision_tower"]},
+                                                 {"name": "a", "attribute_tokens": True}]})
+    assert r.stages[1].attribute_tokens
+
+
+def test_real_recipe_adds_them_in_its_last_stage():
+    r = Recipe.load("real")
+    assert r.stages[-1].attribute_tokens and r.stages[0].kind == "tower"
+    assert not any(s.attribute_tokens for s in r.stages[:-1])
+
+
+def test_smollm2_words_are_single_tokens():
+    from transformers import AutoTokenizer
+
+    from facellm.lm import default_lm_dir, is_converted
+
+    if not is_converted(default_lm_dir()):
+        pytest.skip(f"SmolLM2-135M-Instruct is not converted at {default_lm_dir()}: run ./setup.sh")
+    ids = attribute_word_ids(AutoTokenizer.from_pretrained(default_lm_dir()))
+    assert len(set(sum(ids.values(), []))) == 20

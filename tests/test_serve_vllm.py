@@ -44,10 +44,25 @@ async def _run(engine, prompts, params) -> list[tuple[int, list[int]]]:
         await engine.shutdown()
 
 
-def test_vllm_matches_transformers_token_for_token(tmp_path):
+def _with_attribute_tokens(src, out):
+    """The model with attribute tokens added (a seeded random head: the plumbing, not the reading, is tested)."""
+    import torch
+
+    from facellm.modeling import FaceLLM
+
+    model = FaceLLM.from_pretrained(src)
+    torch.manual_seed(0)
+    model.enable_attribute_tokens()
+    return model.save_pretrained(out)
+
+
+@pytest.mark.parametrize("variant", ["default", "attribute-tokens"])
+def test_vllm_matches_transformers_token_for_token(tmp_path, variant):
     from facellm.default_model import prepare_default_model
 
     model_dir = prepare_default_model()
+    if variant == "attribute-tokens":
+        model_dir = _with_attribute_tokens(model_dir, tmp_path / "attr")
     settings = ServeSettings(image_dirs=[PHOTOS])
     prompts = [prepare(ChatCompletionRequest(messages=image_question(str(photo(name)), "How many people are in "
                                                                      "this photo?")), settings)

@@ -27,7 +27,7 @@ def _to_fp16(path: Path) -> None:
     """float16 for the new modules; a tuned tower's blocks stay float32 (BatchNorm statistics, and its
     features key the training cache by their exact hash)."""
     state = load_file(str(path))
-    save_file({k: (v.half() if v.is_floating_point() and not k.startswith("vision_tower.") else v)
+    save_file({k: (v.half() if v.is_floating_point() and not k.startswith(("vision_tower.", "attribute_tokens.")) else v)
                for k, v in state.items()}, str(path),
               metadata={"format": "pt"})
 

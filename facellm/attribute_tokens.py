@@ -7,8 +7,12 @@ every photo: learning to decode 10 continuous region tokens from a few thousand 
 Here the head is kept and its estimates become four extra tokens per face, each an embedding the LM already
 knows, in the spirit of Tag2Text / RAM's tag-guided captioning:
 
-* age: the digits of the rounded estimate, the tens digit then the units digit (" " then the digit under 10:
-  " 7" is how text writes it);
+Each face's tokens read as the text " aged 65, woman, happy" would (8 tokens, SmolLM2's own tokenization of it):
+
+* " aged", " " and the two commas are the LM's embeddings of those words, the same for every face: an
+  instruct LM copies "aged 65, woman, happy" from its prompt with no training at all (checked on SmolLM2-135M:
+  bare "65 woman happy" was answered "This is a man.");
+* age: the digits of the rounded estimate, the tens digit then the units digit (" " then the digit under 10);
 * gender: p(man) * E(" man") + p(woman) * E(" woman") -- the head's probabilities mix the two word embeddings;
 * expression: sum over FER's seven classes of p(class) * E(" class").
 
@@ -16,7 +20,7 @@ With tied input / output embeddings (SmolLM2) a mixed embedding already points a
 LM only has to learn to copy it into the asked form. They are estimates of how a face looks, never facts: the
 model card and every answer say so. Race is not estimated, here or anywhere.
 
-The tokens follow each face's region tokens ("Face 1 (left): <face> x (tokens_per_face + 4)"). The head runs
+The tokens follow each face's region tokens ("Face 1 (left): <face> x (tokens_per_face + 8)"). The head runs
 on the same feature map as the region encoder (the frozen tower's, or its cached features in training).
 """
 
@@ -31,7 +35,8 @@ from torch import nn
 EXPRESSIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")  # FER2013's seven classes
 GENDER_WORDS = ("man", "woman")  # the tower's classes: 0 male, 1 female (perceived, as annotated)
 AGE_SCALE = 10.0  # the head regresses age / 10
-N_ATTRIBUTE_TOKENS = 4  # age tens digit, age units digit, gender, expression
+# " aged", " ", age tens digit, age units digit, ",", gender, ",", expression
+N_ATTRIBUTE_TOKENS = 8
 
 
 def attribute_word_ids(tokenizer) -> dict[str, list[int]]:
@@ -44,7 +49,7 @@ def attribute_word_ids(tokenizer) -> dict[str, list[int]]:
                              "words (digits, ' man', ' woman', ' happy', ...)")
         return ids[0]
 
-    return {"digits": [one(str(d)) for d in range(10)], "space": [one(" ")],
+    return {"digits": [one(str(d)) for d in range(10)], "space": [one(" ")], "aged": [one(" aged")], "comma": [one(",")],
             "gender": [one(" " + w) for w in GENDER_WORDS], "expression": [one(" " + w) for w in EXPRESSIONS]}
 
 
@@ -91,7 +96,10 @@ class AttributeTokens(nn.Module):
     def __init__(self, channels: int, word_ids: dict[str, list[int]]) -> None:
         super().__init__()
         self.head = AttributeHead(channels)
-        for key in ("digits", "space", "gender", "expression"):
+        missing = {"digits", "space", "aged", "comma", "gender", "expression"} - set(word_ids)
+        if missing:
+            raise ValueError(f"attribute_word_ids lacks {sorted(missing)}: rebuild them with attribute_word_ids(tokenizer)")
+        for key in ("digits", "space", "aged", "comma", "gender", "expression"):
             self.register_buffer(f"ids_{key}", torch.tensor(word_ids[key], dtype=torch.long), persistent=False)
 
     @torch.no_grad()
@@ -111,4 +119,5 @@ class AttributeTokens(nn.Module):
         digits = embed(torch.stack([tens_ids, self.ids_digits[units]], dim=-1))  # (B, F, 2, H)
         gender = est["gender"].to(digits.dtype) @ embed(self.ids_gender)  # (B, F, H)
         expression = est["expression"].to(digits.dtype) @ embed(self.ids_expression)
-        return torch.cat([digits, gender[..., None, :], expression[..., None, :]], dim=2)
+        aged, space, comma = (embed(ids)[0].expand_as(gender) for ids in (self.ids_aged, self.ids_space, self.ids_comma))
+        return torch.stack([aged, space, digits[..., 0, :], digits[..., 1, :], comma, gender, comma, expression], dim=2)

@@ -55,8 +55,9 @@ class FaceLLMConfig(PretrainedConfig):
       max_faces: faces per image that get tokens (the most confident are kept).
       patch_pool: the LM sees the patch grid average-pooled by this factor (2: 7x7 = 49 tokens instead of
         14x14 = 196; the region encoder still works on the full grid, so face tokens keep their detail).
-      attribute_tokens: 4 more tokens per face after the region tokens: the tuned tower's attribute head's
-        perceived age (two digit embeddings), gender and expression (probability-weighted word embeddings),
+      attribute_tokens: 8 more tokens per face after the region tokens, read as " aged 65, woman, happy": the
+        tuned tower's attribute head's perceived age (two digit embeddings), gender and expression
+        (probability-weighted word embeddings) between fixed cue-word embeddings,
         ``facellm.attribute_tokens``; attribute_word_ids: their token ids (set from the tokenizer).
     Projector: projector_hidden (None: the LM's hidden size). Training: freeze_vision, vision_tuned (the hash of
       a tower tuned on faces, whose weights the folder then holds; None: the package's weights), freeze_lm (the LM's

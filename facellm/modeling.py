@@ -97,7 +97,7 @@ class FaceLLMForConditionalGeneration(nn.Module):
 
     def enable_attribute_tokens(self, head_state: dict[str, torch.Tensor] | None = None) -> None:
         """Add the attribute tokens (``facellm.attribute_tokens``; frozen) with the tower stage's head weights.
-        The processor then writes 4 more <face> placeholders per face."""
+        The processor then writes 8 more <face> placeholders per face."""
         if not self.config.use_region_encoder:
             raise ValueError("attribute tokens follow the face tokens: they need use_region_encoder")
         self.config.attribute_tokens = True

@@ -15,7 +15,8 @@ from facellm.train.recipe import Recipe, RecipeError
 from tiny_facellm import analysis, ask, tiny_model
 
 # distinct ids of the tiny 300-token vocabulary stand in for the words (it has no single-token " disgust")
-TINY_WORDS = {"digits": list(range(40, 50)), "space": [50], "gender": [51, 52], "expression": list(range(53, 60))}
+TINY_WORDS = {"digits": list(range(40, 50)), "space": [50], "gender": [51, 52], "expression": list(range(53, 60)),
+              "aged": [61], "comma": [62]}
 
 
 def _head_saying(channels: int, age: float, gender: int, expression: int) -> dict[str, torch.Tensor]:
@@ -46,13 +47,23 @@ def test_tokens_are_the_words_the_head_reads(tmp_path):
     out = tok(fmap, torch.tensor([[[0.0, 0.0, 3.0, 3.0]]]), emb)
     assert out.shape == (1, 1, N_ATTRIBUTE_TOKENS, 8)
     w = emb.weight
-    assert torch.allclose(out[0, 0, 0], w[43]) and torch.allclose(out[0, 0, 1], w[44])  # "3", "4"
+    # " aged 34, woman, happy"
+    for i, word in ((0, 61), (1, 50), (2, 43), (3, 44), (4, 62), (6, 62)):
+        assert torch.allclose(out[0, 0, i], w[word]), i
     p = torch.softmax(torch.tensor([0.0, 5.0]), 0)
-    assert torch.allclose(out[0, 0, 2], p[0] * w[51] + p[1] * w[52], atol=1e-5)  # mostly " woman"
-    # a child of 7: " " then "7"
+    assert torch.allclose(out[0, 0, 5], p[0] * w[51] + p[1] * w[52], atol=1e-5)  # mostly " woman"
+    q = torch.softmax(torch.tensor([5.0 if i == EXPRESSIONS.index("happy") else 0.0 for i in range(7)]), 0)
+    assert torch.allclose(out[0, 0, 7], q @ w[53:60], atol=1e-5)
+    # a child of 7: " aged", " ", " " then "7"
     tok.head.load_state_dict(_head_saying(16, age=6.6, gender=0, expression=0))
     out = tok(fmap, torch.tensor([[[0.0, 0.0, 3.0, 3.0]]]), emb)
-    assert torch.allclose(out[0, 0, 0], w[50]) and torch.allclose(out[0, 0, 1], w[47])
+    assert torch.allclose(out[0, 0, 2], w[50]) and torch.allclose(out[0, 0, 3], w[47])
+
+
+def test_old_word_ids_without_the_cue_words_are_a_clear_error():
+    old = {k: v for k, v in TINY_WORDS.items() if k not in ("aged", "comma")}
+    with pytest.raises(ValueError, match="aged"):
+        AttributeTokens(16, old)
 
 
 def test_word_ids_are_single_tokens_or_a_clear_error():
@@ -60,9 +71,9 @@ def test_word_ids_are_single_tokens_or_a_clear_error():
 
     with pytest.raises(ValueError, match="single-token"):
         attribute_word_ids(tiny_tokenizer())
-    words = ["0 1 2 3 4 5 6 7 8 9", " man woman angry disgust fear happy neutral sad surprise"] * 50
+    words = ["0 1 2 3 4 5 6 7 8 9", " man woman angry disgust fear happy neutral sad surprise", " aged ,"] * 50
     ids = attribute_word_ids(tiny_tokenizer(words, vocab_size=400))
-    assert len(ids["digits"]) == 10 and len(ids["expression"]) == 7 and len(set(sum(ids.values(), []))) == 20
+    assert len(ids["digits"]) == 10 and len(ids["expression"]) == 7 and len(set(sum(ids.values(), []))) == 22
 
 
 def test_model_with_attribute_tokens_round_trips(tmp_path):
@@ -78,10 +89,11 @@ def test_model_with_attribute_tokens_round_trips(tmp_path):
         embeds = model.get_inputs_embeds(**{k: v for k, v in batch.items() if k not in ("attention_mask", "labels",
                                                                                           "image_sizes")})
         logits = model(**batch).logits
-    # each face's last four placeholders hold "5", "2", " man"-ish, " happy"-ish
+    # each face's last eight placeholders hold " aged", " ", "5", "2", ",", " man"-ish, ",", " happy"-ish
     pos = (batch["input_ids"][0] == model.config.face_token_id).nonzero().squeeze(1).view(faces, -1)
     w = model.lm.get_input_embeddings().weight
-    assert torch.allclose(embeds[0, pos[0, t]], w[45]) and torch.allclose(embeds[0, pos[-1, t + 1]], w[42])
+    assert torch.allclose(embeds[0, pos[0, t]], w[61]) and torch.allclose(embeds[0, pos[-1, t + 4]], w[62])
+    assert torch.allclose(embeds[0, pos[0, t + 2]], w[45]) and torch.allclose(embeds[0, pos[-1, t + 3]], w[42])
     folder = model.save_pretrained(tmp_path / "saved")
     assert json.loads((folder / "config.json").read_text())["attribute_tokens"] is True
     again = FaceLLMForConditionalGeneration.from_pretrained(folder)
@@ -111,5 +123,10 @@ def test_smollm2_words_are_single_tokens():
 
     if not is_converted(default_lm_dir()):
         pytest.skip(f"SmolLM2-135M-Instruct is not converted at {default_lm_dir()}: run ./setup.sh")
-    ids = attribute_word_ids(AutoTokenizer.from_pretrained(default_lm_dir()))
-    assert len(set(sum(ids.values(), []))) == 20
+    tok = AutoTokenizer.from_pretrained(default_lm_dir())
+    ids = attribute_word_ids(tok)
+    assert len(set(sum(ids.values(), []))) == 22
+    # the layout is the LM's own tokenization of the text it stands for
+    text = tok.encode(" aged 65, woman, happy", add_special_tokens=False)
+    assert text == [ids["aged"][0], ids["space"][0], ids["digits"][6], ids["digits"][5], ids["comma"][0],
+                    ids["gender"][1], ids["comma"][0], ids["expression"][EXPRESSIONS.index("happy")]]

@@ -55,13 +55,15 @@ def _losses(folder: Path) -> dict[int, float]:
 
 
 def test_builtin_recipes_load_and_bad_ones_fail_clearly(tmp_path):
-    for name in ("default", "real", "tiny", "gpu-large"):
+    for name in ("default", "tiny", "gpu-large"):
         r = Recipe.load(name)
         lm = [s for s in r.stages if s.kind == "lm"]
-        assert [s.name for s in lm][:2] == ["align", "instruct"]
-        assert [s.name for s in lm][2:] == (["attributes"] if name == "real" else [])
+        assert [s.name for s in lm] == ["align", "instruct"]
         assert "lora" in lm[1].train and "lora" not in lm[0].train
-    assert [(s.name, s.kind) for s in Recipe.load("real").stages][0] == ("face-tower", "tower")
+    # real: the tower learns faces, then one LM stage with the attribute tokens from its start
+    real = Recipe.load("real").stages
+    assert [(s.name, s.kind) for s in real] == [("face-tower", "tower"), ("instruct", "lm")]
+    assert "lora" in real[1].train and real[1].attribute_tokens
     with pytest.raises(RecipeError, match="no recipe"):
         Recipe.load("no-such-recipe")
     bad = tmp_path / "bad.toml"

@@ -130,3 +130,30 @@ def test_smollm2_words_are_single_tokens():
     text = tok.encode(" aged 65, woman, happy", add_special_tokens=False)
     assert text == [ids["aged"][0], ids["space"][0], ids["digits"][6], ids["digits"][5], ids["comma"][0],
                     ids["gender"][1], ids["comma"][0], ids["expression"][EXPRESSIONS.index("happy")]]
+
+
+def test_projector_norm_puts_visual_tokens_at_the_word_embedding_scale_and_round_trips(tmp_path):
+    from facellm.projector import Projector
+
+    proj = Projector(16, 8, out_rms=0.5)
+    y = proj(torch.randn(3, 5, 16) * 100)
+    assert torch.allclose(y.pow(2).mean(-1).sqrt(), torch.full((3, 5), 0.5), atol=1e-3)
+    # a model built with the flag: the gain starts at the LM's own word-embedding RMS, and is saved with it
+    model = tiny_model(tmp_path, seed=2, projector_norm=True)
+    rms = model.lm.get_input_embeddings().weight.detach().float().pow(2).mean(-1).sqrt().mean()
+    assert model.config.projector_out_rms == pytest.approx(float(rms), rel=1e-5)
+    batch = model.processor(ask("group", "How many faces?"), analyses=[analysis("group")])
+    with torch.no_grad():
+        tokens = torch.cat(model.encode_images(batch["pixel_values"], **{k: batch[k] for k in (
+            "face_mask", "region_points", "region_point_mask", "face_boxes", "face_geometry")}))
+        logits = model(**batch).logits
+    assert torch.allclose(tokens.pow(2).mean(-1).sqrt(), rms.expand(len(tokens)), rtol=1e-3)
+    again = FaceLLMForConditionalGeneration.from_pretrained(model.save_pretrained(tmp_path / "saved"))
+    assert again.projector.gain is not None
+    with torch.no_grad():
+        assert torch.allclose(again(**batch).logits, logits, atol=1e-5)
+    # a later stage turns it on in a model saved without it (the trainer, when the recipe asks for it)
+    plain = tiny_model(tmp_path, seed=2)
+    assert plain.projector.gain is None and not plain.config.projector_norm
+    plain.enable_projector_norm()
+    assert plain.config.projector_norm and plain.projector.gain.shape == (plain.lm.config.hidden_size,)

@@ -298,3 +298,19 @@ def test_two_image_records_give_each_image_its_own_path():
            "meta": {"images": ["/photos/a.jpg", "images/b.jpg"]}}  # data_gen: relative = inside the data folder
     parts = _to_messages(rec, "/photos/a.jpg", Path("/data/run"))[0]["content"]
     assert [p["image"] for p in parts if p["type"] == "image"] == ["/photos/a.jpg", "/data/run/images/b.jpg"]
+
+
+def test_human_attributes_only_drops_answers_that_rest_on_a_tool(tmp_path):
+    """A FER2013 face's perceived age is a tool's guess; a UTKFace face's is a human label. An attribute-token
+    stage keeps only the second kind (recipe `real`), so the LM is never taught to contradict its own reading."""
+    from facellm.train.data import _tool_attribute
+
+    human_age = [{"name": "age", "value": 70, "kind": "human"}]
+    tool_age = [{"name": "perceived_age", "value": 26, "kind": "model"}, {"name": "expression", "value": "sad",
+                                                                          "kind": "human"}]
+    assert not _tool_attribute({"category": "age_number", "labels": human_age})
+    assert _tool_attribute({"category": "age_number", "labels": tool_age})
+    assert _tool_attribute({"category": "gender", "labels": tool_age})
+    assert not _tool_attribute({"category": "expression_word", "labels": tool_age})
+    assert not _tool_attribute({"category": "counting", "labels": tool_age})  # not an attribute question
+    assert Recipe.load("real").stages[-1].human_attributes_only

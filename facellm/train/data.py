@@ -37,6 +37,7 @@ class Example:
     category: str = ""
     num_faces: int = 0  # from the record's compact analysis (for length estimates)
     records: int = 1  # data_gen records in this example (> 1 when several were packed into one conversation)
+    tool_attribute: bool = False  # asks a perceived age / gender / expression that no human labelled (a tool's answer)
 
     def text_tokens(self) -> int:
         """A cheap estimate (no tokenizer) of the text's tokens: ~3 characters per token, plus the system turn
@@ -125,6 +126,19 @@ def snapshot_shards(folders: list[str | Path]) -> dict[str, int]:
     return out
 
 
+# question categories whose answer is one perceived attribute (data_gen's faceinstruct / shortform categories)
+CATEGORY_ATTRIBUTE = {"age_number": "age", "age_estimation": "age", "age_group": "age", "gender": "gender",
+                      "expression_word": "expression", "expression_recognition": "expression"}
+
+
+def _tool_attribute(rec: dict) -> bool:
+    """True when the record asks for an attribute that no human labelled in it (its answer is a tool's)."""
+    need = CATEGORY_ATTRIBUTE.get(rec.get("category", ""))
+    if need is None:
+        return False
+    return not any(lb.get("kind") == "human" and lb.get("name") == need for lb in rec.get("labels") or [])
+
+
 def read_examples(folders: list[str | Path], snapshot: dict[str, int] | None = None,
                   include_test: bool = False) -> list[Example]:
     """Every record in the folders (or in the snapshot's lines of them); test records only when asked."""
@@ -162,7 +176,8 @@ def read_examples(folders: list[str | Path], snapshot: dict[str, int] | None = N
                                        sha256=rec["image"]["sha256"], group=rec.get("group") or rec["id"],
                                        messages=msgs, tools=rec.get("tools") or [],
                                        answer=answers[-1] if answers else "", category=rec.get("category", ""),
-                                       num_faces=len(faces.get("faces") or [])))
+                                       num_faces=len(faces.get("faces") or []),
+                                       tool_attribute=_tool_attribute(rec)))
     return out
 
 

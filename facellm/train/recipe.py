@@ -64,6 +64,9 @@ class StageRecipe:
     log_every: int = 25  # steps between plain progress lines (loss, records/h, ETA)
     # from this stage on the model has attribute tokens (facellm.attribute_tokens): the tower stage's head, frozen
     attribute_tokens: bool = False
+    # only records whose perceived age / gender / expression answers rest on a human label: a tool's guess (the
+    # age of a 48 px FER2013 face) contradicts the attribute tokens and teaches the LM to ignore them
+    human_attributes_only: bool = False
 
     def __post_init__(self) -> None:
         bad = [p for p in self.train if p not in TRAINABLE_PARTS]

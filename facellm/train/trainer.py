@@ -81,6 +81,8 @@ def build_model(recipe: Recipe, stage: StageRecipe, previous: Path | None, run: 
     else:
         model = FaceLLMForConditionalGeneration.from_pretrained(previous, trainable=True, **overrides)
     cfg = model.config
+    if recipe.model.get("projector_norm") and model.projector.gain is None:  # a run begun before the flag
+        model.enable_projector_norm()
     if stage.attribute_tokens and model.attribute_tokens is None:
         if run is None:
             raise TrainError(f"stage {stage.name!r} adds attribute tokens: build_model needs the run folder")
@@ -246,6 +248,9 @@ class Trainer:
             examples = self._examples()
             records = select_splits(examples, ("train",))  # never "test"
             held = select_splits(examples, ("validation",))  # never packed: its loss stays per record
+            if stage.human_attributes_only:
+                records = [e for e in records if not e.tool_attribute]
+                held = [e for e in held if not e.tool_attribute]
             # the pack limit stays under max_length: the length is an estimate, an example over it is skipped
             train = pack_examples(records, stage.pack, int(0.75 * stage.max_length), image_tokens,
                                   tuple(stage.pack_styles))

@@ -37,6 +37,7 @@ GENDER_WORDS = ("man", "woman")  # the tower's classes: 0 male, 1 female (percei
 AGE_SCALE = 10.0  # the head regresses age / 10
 # " aged", " ", age tens digit, age units digit, ",", gender, ",", expression
 N_ATTRIBUTE_TOKENS = 8
+WORD_KEYS = ("digits", "space", "aged", "comma", "gender", "expression")  # attribute_word_ids' keys
 
 
 def attribute_word_ids(tokenizer) -> dict[str, list[int]]:
@@ -96,10 +97,10 @@ class AttributeTokens(nn.Module):
     def __init__(self, channels: int, word_ids: dict[str, list[int]]) -> None:
         super().__init__()
         self.head = AttributeHead(channels)
-        missing = {"digits", "space", "aged", "comma", "gender", "expression"} - set(word_ids)
+        missing = set(WORD_KEYS) - set(word_ids)
         if missing:
             raise ValueError(f"attribute_word_ids lacks {sorted(missing)}: rebuild them with attribute_word_ids(tokenizer)")
-        for key in ("digits", "space", "aged", "comma", "gender", "expression"):
+        for key in WORD_KEYS:
             self.register_buffer(f"ids_{key}", torch.tensor(word_ids[key], dtype=torch.long), persistent=False)
 
     @torch.no_grad()

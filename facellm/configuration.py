@@ -60,7 +60,7 @@ class FaceLLMConfig(PretrainedConfig):
         (probability-weighted word embeddings) between fixed cue-word embeddings,
         ``facellm.attribute_tokens``; attribute_word_ids: their token ids (set from the tokenizer).
     Projector: projector_hidden (None: the LM's hidden size); projector_norm: its outputs RMS-normalised to a
-      learned gain that starts at the LM's word-embedding RMS (projector_out_rms, set from the LM). Training: freeze_vision, vision_tuned (the hash of
+      learned gain that starts at the LM's word-embedding RMS. Training: freeze_vision, vision_tuned (the hash of
       a tower tuned on faces, whose weights the folder then holds; None: the package's weights), freeze_lm (the LM's
       own weights; LoRA adapters train regardless), lora (None or a dict: r, alpha, dropout, target_modules),
       load_in_4bit (QLoRA through bitsandbytes).
@@ -90,7 +90,6 @@ class FaceLLMConfig(PretrainedConfig):
         max_region_points: int = 48,
         projector_hidden: int | None = None,
         projector_norm: bool = False,
-        projector_out_rms: float | None = None,
         image_token: str = "<image>",
         face_token: str = "<face>",
         image_token_id: int | None = None,
@@ -135,7 +134,6 @@ class FaceLLMConfig(PretrainedConfig):
         self.max_region_points = int(max_region_points)
         self.projector_hidden = projector_hidden
         self.projector_norm = bool(projector_norm)
-        self.projector_out_rms = float(projector_out_rms) if projector_out_rms else None
         self.image_token = image_token
         self.face_token = face_token
         self.image_token_id = image_token_id

@@ -87,10 +87,8 @@ class FaceLLMForConditionalGeneration(nn.Module):
         vis_dim = vision_tower.hidden_size
         self.region_encoder = RegionEncoder(config, vis_dim) if config.use_region_encoder else None
         in_dim = config.region_dim if config.use_region_encoder else vis_dim
-        if config.projector_norm and not config.projector_out_rms:
-            config.projector_out_rms = self._word_rms()
         self.projector = Projector(in_dim, lm.config.hidden_size, config.projector_hidden,
-                                   out_rms=config.projector_out_rms if config.projector_norm else None)
+                                   out_rms=self._word_rms() if config.projector_norm else None)
         self.attribute_tokens = None
         if config.attribute_tokens:
             self.enable_attribute_tokens()
@@ -106,8 +104,7 @@ class FaceLLMForConditionalGeneration(nn.Module):
     def enable_projector_norm(self) -> None:
         """Normalise the projector's outputs from now on (a training stage after one without it)."""
         self.config.projector_norm = True
-        self.config.projector_out_rms = self._word_rms()
-        self.projector.enable_norm(self.config.projector_out_rms)
+        self.projector.enable_norm(self._word_rms())
 
     def enable_attribute_tokens(self, head_state: dict[str, torch.Tensor] | None = None) -> None:
         """Add the attribute tokens (``facellm.attribute_tokens``; frozen) with the tower stage's head weights.

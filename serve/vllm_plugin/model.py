@@ -64,8 +64,8 @@ class FaceLLMVllmModel(nn.Module, SupportsMultiModal):
             self.region_encoder = RegionEncoder(config, vis_dim).float() if config.use_region_encoder else None
             in_dim = config.region_dim if config.use_region_encoder else vis_dim
             self.projector = Projector(in_dim, text_config.hidden_size, config.projector_hidden,
-                                       out_rms=config.projector_out_rms if getattr(config, "projector_norm", False)
-                                       else None).float()
+                                       # the gain's value comes with the checkpoint's weights
+                                       out_rms=1.0 if getattr(config, "projector_norm", False) else None).float()
             self.attribute_tokens = (AttributeTokens(vis_dim, config.attribute_word_ids).float()
                                      if getattr(config, "attribute_tokens", False) else None)
         with self._mark_language_model(vllm_config):
